@@ -1,0 +1,3 @@
+from pyro_bamf.cli import main
+
+raise SystemExit(main())
