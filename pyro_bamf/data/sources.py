@@ -1,0 +1,103 @@
+"""One entry point from a command-line data spec to Interactions."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+from pyro_bamf.data.interactions import DataError, Interactions, load_table
+from pyro_bamf.data.movielens import NAME, fetch_movielens, load_movielens
+from pyro_bamf.data.synthetic import make_synthetic
+
+SPEC_HELP = (
+    "a path (MovieLens zip or folder, or a .csv/.tsv/.txt/.dat/.parquet table with userId and "
+    "movieId columns), 'movielens', 'synthetic', 'synthetic:key=value,...' or 'auto'"
+)
+_SYNTHETIC_KEYS = {
+    "n_users": int,
+    "n_items": int,
+    "rank": int,
+    "mean_interactions": float,
+    "seed": int,
+}
+_KIND = {int: "an integer", float: "a numeric"}
+
+
+def _parse_synthetic(options: str) -> dict[str, int | float]:
+    """Parse ``"n_users=200,seed=3"`` into make_synthetic keyword arguments."""
+    kwargs: dict[str, int | float] = {}
+    for item in filter(None, (part.strip() for part in options.split(","))):
+        key, _, value = (s.strip() for s in item.partition("="))
+        if key not in _SYNTHETIC_KEYS:
+            raise DataError(
+                f"unknown synthetic option {key!r}; valid keys: {', '.join(_SYNTHETIC_KEYS)}"
+            )
+        convert = _SYNTHETIC_KEYS[key]
+        try:
+            kwargs[key] = convert(value)
+        except ValueError as err:
+            raise DataError(
+                f"synthetic option {item!r} needs {_KIND[convert]} value, as in {key}=3"
+            ) from err
+    return kwargs
+
+
+def _looks_like_movielens(path: Path) -> bool:
+    """A zip, a folder holding ratings.csv (or ml-latest-small/), or a MovieLens ratings.csv."""
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        return True
+    if path.name != "ratings.csv":
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.readline().startswith("userId,movieId")
+
+
+def _load_path(path: Path) -> Interactions:
+    """MovieLens loader for MovieLens-shaped paths, the generic table loader otherwise."""
+    if _looks_like_movielens(path):
+        return load_movielens(path)
+    return load_table(path)
+
+
+def _auto(data_dir: str | os.PathLike | None) -> Interactions:
+    """MovieLens from the cache, else fetched; else synthetic data with a loud warning."""
+    try:
+        return load_movielens(data_dir=data_dir)
+    except DataError as missing:
+        try:
+            return load_movielens(fetch_movielens(data_dir))
+        except DataError as failed:
+            reason = f"{missing}; fetching failed too: {failed}"
+    warnings.warn(
+        f"MovieLens {NAME} is unavailable, FALLING BACK TO SYNTHETIC DATA "
+        f"(results are not comparable with the paper). Reason: {reason}",
+        UserWarning,
+        stacklevel=3,
+    )
+    data = make_synthetic()
+    return dataclasses.replace(data, source=f"{data.source}, fallback: MovieLens unavailable")
+
+
+def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Interactions:
+    """Load interactions from a data spec.
+
+    Args:
+        spec: a path (MovieLens zip / folder / ratings.csv, or any table ``load_table`` reads);
+            ``"movielens"`` (from the cache only, never the network); ``"synthetic"`` or
+            ``"synthetic:n_users=200,n_items=400,seed=3"`` (overrides of make_synthetic);
+            ``"auto"`` (MovieLens from the cache, else fetched, else synthetic with a warning).
+        data_dir: the cache folder for ``"movielens"`` and ``"auto"`` (see ``cache_dir``).
+    """
+    text = os.fspath(spec)
+    if not isinstance(spec, str) or Path(text).expanduser().exists():
+        return _load_path(Path(text).expanduser())
+    keyword, _, options = text.partition(":")
+    if keyword == "movielens" and not options:
+        return load_movielens(data_dir=data_dir)
+    if keyword == "synthetic":
+        return make_synthetic(**_parse_synthetic(options))
+    if keyword == "auto" and not options:
+        return _auto(data_dir)
+    raise DataError(f"unknown data spec {text!r}: no such file or folder; expected {SPEC_HELP}")
