@@ -1,0 +1,38 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyro_bamf.data import Interactions, make_synthetic
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same global random state."""
+    np.random.seed(0)  # noqa: NPY002 - seeds code that uses the global legacy state
+    random.seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    """$BAMF_DATA_DIR, which must hold ml-latest-small/ (skipped when the variable is unset)."""
+    value = os.environ.get("BAMF_DATA_DIR")
+    if not value:
+        pytest.skip("BAMF_DATA_DIR is unset: point it at a folder holding ml-latest-small/")
+    root = Path(value).expanduser()
+    if not (root / "ml-latest-small" / "ratings.csv").is_file():
+        pytest.fail(f"BAMF_DATA_DIR={value} holds no ml-latest-small/ratings.csv")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_data() -> Interactions:
+    """A small synthetic data set (120 users, 300 items, ~20 interactions per user)."""
+    return make_synthetic(n_users=120, n_items=300, rank=4, mean_interactions=20, seed=0)
