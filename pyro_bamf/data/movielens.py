@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_bamf.data._atomic import atomic_path
+from pyro_bamf.atomic import atomic_path
 from pyro_bamf.data.interactions import DataError, Interactions, from_frame
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pyro_bamf.data._atomic import atomic_path
+from pyro_bamf.atomic import atomic_path
 from pyro_bamf.data.interactions import DataError, Interactions, _frozen
 
 PARTS = ("train", "val", "test", "loo")

@@ -1,0 +1,163 @@
+"""The Bayesian attention module ``bam(q, k, v)`` of BAMF: networks and distributions.
+
+For a query ``q`` and history keys ``k_j`` (``j`` in ``R_u+ \\ {i}``) the unnormalised attention
+scores ``s_j > 0`` are latent::
+
+    prior (model):  s_j ~ LogNormal(m_j - sigma_p^2 / 2, sigma_p)     E[s_j] = exp(m_j)
+    guide:          s_j ~ LogNormal(psi_j - sigma_q^2 / 2, sigma_q)   E[s_j] = exp(psi_j)
+    psi_j = f(q, k_j)                                                 (NAIS score network)
+    alpha_j = s_j^tau / (sum_l s_l^tau)^beta                         (simplex projection)
+    c = sum_j alpha_j v_j
+
+``m_j`` is a constant (default 1.0: what the authors' code computes, a softmax over a single
+output) or a key-only network ``m_j = g(k_j)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from pyro.distributions import LogNormal
+from torch import nn
+
+
+def dropout_keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout keep mask of ``shape`` and its keep probability, from 16-bit uniform draws.
+
+    ``torch``'s CPU Bernoulli sampler costs ~12 ns per element and made dropout the largest cost
+    of a training step; NumPy's PCG64 bytes cost ~2 ns. The generator is seeded from torch's
+    global generator at every call, so ``torch.manual_seed`` (``pyro.set_rng_seed``) still fixes
+    every mask. The keep probability is ``round((1 - p) 2^16) / 2^16``, within ``8e-6`` of
+    ``1 - p``; callers scale kept values by its inverse.
+    """
+    threshold = round((1.0 - p) * 65536)
+    seed = int(torch.randint(2**62, (1,)))
+    draws = np.random.default_rng(seed).bytes(2 * math.prod(shape))
+    keep = torch.from_numpy(np.frombuffer(draws, dtype=np.uint16) < threshold)
+    return keep.view(shape), threshold / 65536
+
+
+def _eval_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, out_b):
+    """``w^T ReLU(LN(A(q, k))) + b`` without dropout: the evaluation path of ScoreNetwork."""
+    if key_w is not None:
+        hidden = nn.functional.linear(query, query_w, query_b).unsqueeze(-2) + keys @ key_w.T
+    else:
+        hidden = nn.functional.linear(query.unsqueeze(-2) * keys, query_w, query_b)
+    hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:], norm_w, norm_b)
+    return nn.functional.linear(torch.relu(hidden), out_w, out_b).squeeze(-1)
+
+
+_compiled_eval_scores = None
+
+
+def compiled_eval_scores():
+    """``_eval_scores`` through ``torch.compile`` (built on first use, dynamic shapes).
+
+    Inductor fuses the pair-wise add, layer norm, ReLU and output projection into one loop:
+    3-4x faster scoring without autograd on CPU. Training gains nothing from it (measured).
+    """
+    global _compiled_eval_scores
+    if _compiled_eval_scores is None:
+        _compiled_eval_scores = torch.compile(_eval_scores, dynamic=True)
+    return _compiled_eval_scores
+
+
+class ScoreNetwork(nn.Module):
+    """NAIS attention score ``psi = w^T Dropout(ReLU(LN(A(q, k)))) + b_out``.
+
+    ``concat``: ``A = W [q ; k] + b = W_q q + W_k k + b``; ``W_k k`` depends on the key only
+    and is computed once per (group, history item), not once per (example, history item).
+    ``prod``: ``A = W (q * k) + b``.
+
+    In training, ReLU and inverted dropout are one ``where`` on the mask ``(LN > 0) & keep``,
+    with the ``1 / keep_prob`` scale folded into ``w``. Without autograd and in eval mode the
+    score runs through :func:`compiled_eval_scores` when ``compiled`` is set.
+    """
+
+    def __init__(self, dim: int, kind: str, dropout: float, compiled: bool = False) -> None:
+        super().__init__()
+        self.kind = kind
+        self.compiled = compiled
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False) if kind == "concat" else None
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = dropout
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``query (..., K)``, history vectors ``keys (..., L, K)`` -> ``psi (..., L)``."""
+        if not self.training and not torch.is_grad_enabled():
+            scores = compiled_eval_scores() if self.compiled else _eval_scores
+            key_w = None if self.key is None else self.key.weight
+            return scores(
+                query, keys, self.query.weight, self.query.bias, key_w,
+                self.norm.weight, self.norm.bias, self.out.weight, self.out.bias,
+            )  # fmt: skip
+        if self.key is not None:
+            hidden = self.query(query).unsqueeze(-2) + self.key(keys)
+        else:
+            hidden = self.query(query.unsqueeze(-2) * keys)
+        hidden = self.norm(hidden)
+        active = hidden > 0
+        weight = self.out.weight
+        if self.training and self.dropout > 0:
+            if hidden.device.type == "cpu":
+                keep, keep_prob = dropout_keep_mask(hidden.shape, self.dropout)
+                active &= keep
+            else:
+                active &= torch.rand_like(hidden) >= self.dropout
+                keep_prob = 1.0 - self.dropout
+            weight = weight / keep_prob
+        hidden = torch.where(active, hidden, 0.0)
+        return nn.functional.linear(hidden, weight, self.out.bias).squeeze(-1)
+
+
+class AttentionPrior(nn.Module):
+    """Prior log-mean ``m_j`` of the attention scores: a constant, or ``g(k_j)`` from the key."""
+
+    def __init__(self, dim: int, kind: str, log_mean: float, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.log_mean = log_mean
+        self.net = (
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+            if kind == "key"
+            else None
+        )
+
+    def item_log_means(self, keys: torch.Tensor) -> torch.Tensor | None:
+        """``m`` per item, shape ``(n_items,)``, or ``None`` for the constant prior."""
+        if self.net is None:
+            return None
+        return self.net(keys).squeeze(-1) + self.log_mean
+
+    def dist(
+        self, log_mean: torch.Tensor | None, shape: torch.Size, ref: torch.Tensor
+    ) -> LogNormal:
+        """``LogNormal(m - sigma^2/2, sigma)`` of batch ``shape`` (dtype, device of ``ref``)."""
+        if log_mean is None:
+            loc = ref.new_full((), self.log_mean - 0.5 * self.sigma**2).expand(shape)
+        else:
+            loc = (log_mean - 0.5 * self.sigma**2).expand(shape)
+        return LogNormal(loc, self.sigma)
+
+
+def guide_dist(psi: torch.Tensor, sigma: float, shape: torch.Size) -> LogNormal:
+    """Variational ``LogNormal(psi - sigma^2/2, sigma)`` (mean ``exp(psi)``), batch ``shape``."""
+    return LogNormal((psi - 0.5 * sigma**2).expand(shape), sigma)
+
+
+def simplex_weights(
+    log_scores: torch.Tensor, mask: torch.Tensor, tau: float, beta: float
+) -> torch.Tensor:
+    """``alpha_j = s_j^tau / (sum_{l in mask} s_l^tau)^beta``, computed in log space.
+
+    ``log_scores (..., L)``, ``mask (..., L)`` bool. Masked positions (padding, the target) get
+    exactly 0; an all-masked row gets all zeros (an empty context). ``s^tau`` never overflows.
+    """
+    logits = (tau * log_scores).masked_fill(~mask, -math.inf)
+    empty = ~mask.any(-1, keepdim=True)
+    log_norm = torch.logsumexp(logits.masked_fill(empty, 0.0), dim=-1, keepdim=True)
+    return torch.exp(logits - beta * log_norm)

@@ -1,0 +1,86 @@
+"""Command line: ``pyro-bamf data fetch|describe``, ``train``, ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from .config import BAMFConfig, parse_overrides
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from .data import fetch_movielens
+
+    print(fetch_movielens(args.data_dir))
+    return 0
+
+
+def _data_describe(args: argparse.Namespace) -> int:
+    from .data import load_data
+
+    print(json.dumps(load_data(args.data).describe(), indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .runs import train_run
+
+    config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
+    config = config.replace(**parse_overrides(args.set))
+    metrics = train_run(config, args.out, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in metrics["test"].items() if k.endswith("@10")}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .runs import evaluate_run
+
+    fresh, saved = evaluate_run(args.run)
+    print(json.dumps(fresh, indent=2))
+    drift = {k: (v, saved["test"].get(k)) for k, v in fresh.items() if saved["test"].get(k) != v}
+    if drift:
+        print(f"differs from metrics.json: {drift}", file=sys.stderr)
+        return 1
+    print("matches metrics.json", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-bamf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="fetch or describe a data set")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download ml-latest-small into the cache")
+    fetch.add_argument("--data-dir", help="cache folder (default: $BAMF_DATA_DIR or ~/.cache)")
+    fetch.set_defaults(func=_data_fetch)
+    describe = data_commands.add_parser("describe", help="print data statistics as JSON")
+    describe.add_argument("--data", required=True, help="a path, movielens, synthetic[:k=v,...]")
+    describe.set_defaults(func=_data_describe)
+
+    train = commands.add_parser("train", help="train and evaluate one configuration")
+    train.add_argument("--config", help="TOML file (see examples/configs/)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("evaluate", help="re-score a saved run")
+    evaluate.add_argument("--run", required=True, help="run directory written by train")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"pyro-bamf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-bamf: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,192 @@
+"""Configuration of a BAMF experiment: one flat, validated record.
+
+Defaults are the paper's settings for MovieLens (``protocol.md``): K = 32, guide sigma 0.1,
+prior sigma 1.0, tau = 1, beta = 0.5, Adam(lr 1e-4, weight decay 1e-3), batch 256, the
+"mean" KL weight annealed over 100 epochs, early stopping on leave-one-out NDCG@10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+CHOICES = {
+    "learning": ("pointwise", "pairwise"),
+    "score_fn": ("concat", "prod"),
+    "item_embeddings": ("role", "shared"),
+    "prior_loc": ("constant", "key"),
+    "kl_weight": ("mean", "elbo"),
+    "elbo": ("meanfield", "trace"),
+    "history": ("tfidf", "all"),
+    "ties": ("pessimistic", "optimistic"),
+    "eval_protocol": ("sampled", "full"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+@dataclass(frozen=True)
+class BAMFConfig:
+    """Every setting of a BAMF run. ``--set key=value`` and TOML files use these names.
+
+    Data: ``data`` is a path, ``movielens`` (cached copy), ``auto`` (MovieLens, else synthetic
+    with a warning) or ``synthetic[:key=value,...]``.
+    """
+
+    data: str = "movielens"
+    seed: int = 42
+    history: str = "tfidf"
+    max_history: int = 400
+    learning: str = "pointwise"
+    train_negatives: int = 0
+    eval_negatives: int = 99
+    score_fn: str = "concat"
+    item_embeddings: str = "role"
+    embedding_dim: int = 32
+    dropout: float = 0.2
+    tau: float = 1.0
+    beta: float = 0.5
+    guide_sigma: float = 0.1
+    prior_sigma: float = 1.0
+    prior_loc: str = "constant"
+    prior_log_mean: float = 1.0
+    elbo: str = "meanfield"
+    kl_weight: str = "mean"
+    kl_anneal_epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 100
+    patience: int = 5
+    min_delta: float = 1e-3
+    warmup_epochs: int = 10
+    eval_protocol: str = "sampled"
+    compile_eval: bool = False
+    ties: str = "pessimistic"
+    test_candidates: str = ""
+
+    def __post_init__(self) -> None:
+        for key, options in CHOICES.items():
+            if getattr(self, key) not in options:
+                raise ConfigError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
+        checks = [
+            ("embedding_dim", self.embedding_dim >= 1, ">= 1"),
+            ("max_history", self.max_history >= 1, ">= 1"),
+            ("tau", self.tau >= 1.0, ">= 1 (a sharpening factor)"),
+            ("beta", 0.0 < self.beta <= 1.0, "in (0, 1] (a smoothing factor)"),
+            ("guide_sigma", self.guide_sigma > 0, "> 0"),
+            ("prior_sigma", self.prior_sigma > 0, "> 0"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= self.group_size, f">= {self.group_size}"),
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            ("patience", self.patience >= 1, ">= 1"),
+            ("min_delta", self.min_delta >= 0, ">= 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("kl_anneal_epochs", self.kl_anneal_epochs >= 0, ">= 0 (0: no annealing)"),
+            ("train_negatives", self.train_negatives >= 0, ">= 0 (0: 4 pointwise, 1 pairwise)"),
+            ("eval_negatives", self.eval_negatives >= 1, ">= 1"),
+        ]
+        for key, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
+        if self.learning == "pairwise" and self.train_negatives not in (0, 1):
+            raise ConfigError("pairwise learning uses exactly one negative per positive")
+
+    @property
+    def negatives_per_positive(self) -> int:
+        """Training negatives per positive: 4 pointwise, 1 pairwise unless set."""
+        if self.train_negatives:
+            return self.train_negatives
+        return 4 if self.learning == "pointwise" else 1
+
+    @property
+    def group_size(self) -> int:
+        """Examples that share a user and are batched together: 1 positive + its negatives."""
+        return 1 + self.negatives_per_positive
+
+    def replace(self, **changes: Any) -> BAMFConfig:
+        check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, str):
+                lines.append(f"{key} = {_toml_string(value)}")
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {str(value).lower()}")
+            else:
+                lines.append(f"{key} = {value!r}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BAMFConfig:
+        check_keys(values)
+        typed = {}
+        for f in fields(cls):
+            if f.name in values:
+                typed[f.name] = _coerce(f.name, values[f.name], type(getattr(cls, f.name)))
+        return cls(**typed)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> BAMFConfig:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+        if not values:
+            raise ConfigError(f"config file {path} is empty: it must set at least one key")
+        return cls.from_dict(values)
+
+
+def check_keys(values: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` for unknown keys, suggesting the nearest valid key."""
+    valid = [f.name for f in fields(BAMFConfig)]
+    for key in values:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values in TOML syntax, bare words taken as strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    check_keys(out)
+    return out
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

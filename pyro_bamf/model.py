@@ -1,0 +1,169 @@
+"""BAMF as a Pyro model and a hand-written guide.
+
+For a group of examples sharing user ``u`` with targets ``i`` and history ``j in R_u+ \\ {i}``::
+
+    s^u_j ~ LogNormal(m_j - sp^2/2, sp)       (site "user_scores", shape (G, S, L))
+    s^i_j ~ LogNormal(m_j - sp^2/2, sp)       (site "item_scores", shape (G, S, L))
+    alpha = s^tau / (sum s^tau)^beta          (sites "user_weights", "item_weights")
+    c_u = sum_j alpha^u_j h_j,   c_i = sum_j alpha^i_j h_j
+    z_u = LN(p_u * c_u),  z_i = LN(q_i * c_i),  x = h^T (W (z_u * z_i) + b)
+    y ~ Bernoulli(sigmoid(x))                 pointwise   (site "obs", shape (G, S))
+    1 ~ Bernoulli(sigmoid(x_pos - x_neg))     pairwise    (site "obs", shape (G,))
+
+The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, h_j)``; the user
+module's query is ``p_u``, the item module's ``q_i``. One plate over the ``G`` groups (dim -1);
+the ``(S, L)`` axes are event axes, masked over padding and the target before ``to_event``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from .attention import AttentionPrior, ScoreNetwork, guide_dist, simplex_weights
+from .batch import Batch
+from .config import BAMFConfig
+
+
+def kl_scaled(scale: float) -> AbstractContextManager:
+    """Scale the latent sites by ``scale``; a zero weight masks them out (``scale(0)`` raises).
+
+    Use it identically around the latent sites of model and guide.
+    """
+    return poutine.scale(scale=scale) if scale > 0 else poutine.mask(mask=False)
+
+
+class BAMF(nn.Module):
+    """Every network of BAMF; :meth:`model` and :meth:`guide` mirror each other.
+
+    ``config.item_embeddings``: ``"role"`` gives the target (``q``) and history (``h``) roles
+    their own embedding tables; ``"shared"`` is the original architecture, one item table ``e``
+    with role maps ``q_i = W_q e_i``, ``h_j = W_h e_j``.
+    """
+
+    def __init__(self, n_users: int, n_items: int, config: BAMFConfig) -> None:
+        super().__init__()
+        dim = config.embedding_dim
+        self.config = config
+        self.user_embedding = nn.Embedding(n_users, dim)
+        if config.item_embeddings == "role":
+            self.target_embedding = nn.Embedding(n_items, dim)
+            self.history_embedding = nn.Embedding(n_items, dim)
+        else:
+            self.item_embedding = nn.Embedding(n_items, dim)
+            self.target_map = nn.Linear(dim, dim, bias=False)
+            self.history_map = nn.Linear(dim, dim, bias=False)
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.01)
+        scorer = (dim, config.score_fn, config.dropout, config.compile_eval)
+        self.user_scorer = ScoreNetwork(*scorer)
+        self.item_scorer = ScoreNetwork(*scorer)
+        prior = (config.prior_loc, config.prior_log_mean, config.prior_sigma)
+        self.user_prior = AttentionPrior(dim, *prior)
+        self.item_prior = AttentionPrior(dim, *prior)
+        self.user_norm = nn.LayerNorm(dim)
+        self.item_norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, 1, bias=False))
+
+    @property
+    def n_users(self) -> int:
+        return self.user_embedding.num_embeddings
+
+    @property
+    def n_items(self) -> int:
+        table = getattr(self, "history_embedding", None) or self.item_embedding
+        return table.num_embeddings
+
+    def history_vectors(self) -> torch.Tensor:
+        """``h`` for every item, ``(n_items, K)``: keys and values of both attention modules."""
+        if self.config.item_embeddings == "role":
+            return self.history_embedding.weight
+        return self.history_map(self.item_embedding.weight)
+
+    def target_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """``q_i`` for ``items (...)``, shape ``(..., K)``."""
+        if self.config.item_embeddings == "role":
+            return self.target_embedding(items)
+        return self.target_map(self.item_embedding(items))
+
+    def attention_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guide locations ``psi``: user side ``(G, 1, L)``, item side ``(G, S, L)``."""
+        keys = self.history_vectors()[batch.history]
+        psi_user = self.user_scorer(self.user_embedding(batch.users), keys).unsqueeze(-2)
+        psi_item = self.item_scorer(self.target_vectors(batch.items), keys.unsqueeze(-3))
+        return psi_user, psi_item
+
+    def logits(
+        self, batch: Batch, user_weights: torch.Tensor, item_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """``x = h^T(W(LN(p_u * c_u) * LN(q_i * c_i)) + b)`` from weights ``(..., G, S, L)``."""
+        values = self.history_vectors()[batch.history]
+        user_context = user_weights @ values
+        item_context = item_weights @ values
+        user = self.user_embedding(batch.users).unsqueeze(-2)
+        item = self.target_vectors(batch.items)
+        z = self.user_norm(user * user_context) * self.item_norm(item * item_context)
+        return self.head(z).squeeze(-1)
+
+    def weights(self, log_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return simplex_weights(log_scores, mask, self.config.tau, self.config.beta)
+
+    def model(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> torch.Tensor:
+        """Prior over the attention scores, then the Bernoulli likelihood. Returns the logits."""
+        pyro.module("bamf", self)
+        keys = self.history_vectors()
+        shape = batch.mask.shape
+        user_means = self.user_prior.item_log_means(keys)
+        item_means = self.item_prior.item_log_means(keys)
+        with pyro.plate("groups", shape[0], dim=-1):
+            with kl_scaled(kl_scale):
+                user_prior = self.user_prior.dist(_gather(user_means, batch), shape, keys)
+                item_prior = self.item_prior.dist(_gather(item_means, batch), shape, keys)
+                user_scores = pyro.sample("user_scores", user_prior.mask(batch.mask).to_event(2))
+                item_scores = pyro.sample("item_scores", item_prior.mask(batch.mask).to_event(2))
+            user_weights = pyro.deterministic(
+                "user_weights", self.weights(user_scores.log(), batch.mask), event_dim=2
+            )
+            item_weights = pyro.deterministic(
+                "item_weights", self.weights(item_scores.log(), batch.mask), event_dim=2
+            )
+            logits = self.logits(batch, user_weights, item_weights)
+            with poutine.scale(scale=obs_scale):
+                if batch.labels is not None:
+                    likelihood = dist.Bernoulli(logits=logits).to_event(1)
+                    pyro.sample("obs", likelihood, obs=batch.labels)
+                else:
+                    preference = logits[..., 0] - logits[..., 1]
+                    ones = torch.ones_like(preference)
+                    pyro.sample("obs", dist.Bernoulli(logits=preference), obs=ones)
+        return logits
+
+    def guide(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> None:
+        """Mean-field log-normal posterior over the attention scores, located by ``psi``."""
+        pyro.module("bamf", self)
+        psi_user, psi_item = self.attention_logits(batch)
+        shape = batch.mask.shape
+        sigma = self.config.guide_sigma
+        with pyro.plate("groups", shape[0], dim=-1), kl_scaled(kl_scale):
+            user = guide_dist(psi_user, sigma, shape).mask(batch.mask).to_event(2)
+            pyro.sample("user_scores", user)
+            item = guide_dist(psi_item, sigma, shape).mask(batch.mask).to_event(2)
+            pyro.sample("item_scores", item)
+
+    def expected_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits ``(G, S)`` with each score at its posterior mean ``E[s] = exp(psi)``."""
+        psi_user, psi_item = self.attention_logits(batch)
+        return self.logits(
+            batch, self.weights(psi_user, batch.mask), self.weights(psi_item, batch.mask)
+        )
+
+
+def _gather(per_item: torch.Tensor | None, batch: Batch) -> torch.Tensor | None:
+    """Per-item prior log-means ``(n_items,)`` -> ``(G, 1, L)`` over the batch's histories."""
+    return None if per_item is None else per_item[batch.history].unsqueeze(-2)

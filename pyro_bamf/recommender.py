@@ -1,0 +1,167 @@
+"""``BAMFRecommender``: fit / score / recommend / evaluate / save / load around :class:`BAMF`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from . import __version__
+from .atomic import atomic_path
+from .config import BAMFConfig
+from .data import Candidates, ImplicitSplit
+from .evaluation import full_ranking_candidates, score_candidates
+from .metrics import KS, ranking_metrics
+from .model import BAMF
+from .training import EpochLog, FitResult, fit
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or does not match the data or configuration at hand."""
+
+
+class BAMFRecommender:
+    """A BAMF model bound to the split it is trained on.
+
+    >>> rec = BAMFRecommender(BAMFConfig(data="synthetic", max_epochs=2))   # doctest: +SKIP
+    >>> rec.fit(split); rec.recommend(user=0, k=10)                         # doctest: +SKIP
+
+    User and item arguments are the split's internal indices (``split.data.user_index`` maps
+    original ids).
+    """
+
+    def __init__(self, config: BAMFConfig | None = None) -> None:
+        self.config = config or BAMFConfig()
+        self.model: BAMF | None = None
+        self.split: ImplicitSplit | None = None
+
+    def fit(
+        self,
+        split: ImplicitSplit,
+        progress: bool = True,
+        on_epoch: Callable[[EpochLog], None] | None = None,
+    ) -> FitResult:
+        """Seed everything from ``config.seed``, build a fresh model and train it by SVI."""
+        pyro.set_rng_seed(self.config.seed)
+        pyro.clear_param_store()
+        self.split = split
+        self.model = BAMF(split.n_users, split.n_items, self.config)
+        loo = split.candidates("loo", self.config.eval_negatives)
+        with pyro.validation_enabled(False):
+            return fit(self.model, split, self.config, loo, progress=progress, on_epoch=on_epoch)
+
+    def _require_fitted(self) -> tuple[BAMF, ImplicitSplit]:
+        if self.model is None or self.split is None:
+            raise RuntimeError("the recommender is not fitted: call fit() or load() first")
+        return self.model, self.split
+
+    def _check_ids(self, users: np.ndarray, items: np.ndarray) -> None:
+        _, split = self._require_fitted()
+        for name, ids, bound in (("user", users, split.n_users), ("item", items, split.n_items)):
+            bad = ids[(ids < 0) | (ids >= bound)]
+            if bad.size:
+                raise ValueError(
+                    f"unknown {name} index {bad[:5].tolist()}: valid indices are 0..{bound - 1}"
+                )
+
+    def score(self, users, items) -> np.ndarray:
+        """Predicted probability ``sigmoid(x(u, i))`` at the expected attention scores.
+
+        ``users``, ``items``: equal-length index arrays. Returns ``float32 (N,)``.
+        """
+        model, split = self._require_fitted()
+        users = np.asarray(users, dtype=np.int64).ravel()
+        items = np.asarray(items, dtype=np.int64).ravel()
+        if users.shape != items.shape:
+            raise ValueError(f"users and items differ in length: {users.size} vs {items.size}")
+        self._check_ids(users, items)
+        order = np.argsort(users, kind="stable")
+        logits = np.empty(users.size, dtype=np.float32)
+        logits[order] = score_candidates(
+            model, users[order], items[order], split.history_items, split.history_lengths
+        )
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def recommend(self, user: int, k: int = 10, exclude_seen: bool = True):
+        """Top-``k`` items for ``user`` as ``(items, probabilities)``, best first.
+
+        ``exclude_seen`` drops the user's training items.
+        """
+        _, split = self._require_fitted()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        items = np.arange(split.n_items)
+        if exclude_seen:
+            items = np.setdiff1d(items, split.train.items[split.train.users == user])
+        scores = self.score(np.full(items.size, user), items)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return items[top], scores[top]
+
+    def evaluate(
+        self, candidates: Candidates | None = None, ks: tuple[int, ...] = KS
+    ) -> dict[str, float]:
+        """Ranking metrics on ``candidates`` (default: the config's test protocol)."""
+        model, split = self._require_fitted()
+        if candidates is None and self.config.eval_protocol == "full":
+            users, items, labels = full_ranking_candidates(split, "test")
+        else:
+            if candidates is None:
+                candidates = split.candidates("test", self.config.eval_negatives)
+            users, items, labels = candidates.users, candidates.items, candidates.labels
+        scores = score_candidates(model, users, items, split.history_items, split.history_lengths)
+        return ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``state_dict`` + config + versions + data fingerprint, atomically."""
+        model, split = self._require_fitted()
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "state_dict": model.state_dict(),
+            "n_users": split.n_users,
+            "n_items": split.n_items,
+            "data_fingerprint": split.fingerprint,
+            "versions": {
+                "pyro_bamf": __version__,
+                "torch": str(torch.__version__),
+                "pyro": str(pyro.__version__),
+            },
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, split: ImplicitSplit) -> BAMFRecommender:
+        """Rebuild a saved recommender on ``split``, which must be the data it was trained on."""
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path} does not exist") from None
+        except Exception as err:  # torch raises many types for truncated or foreign files
+            raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise CheckpointError(
+                f"checkpoint {path} has format {found!r}; this version reads {CHECKPOINT_FORMAT}"
+            )
+        if payload["data_fingerprint"] != split.fingerprint:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on other data or another split (fingerprint "
+                f"{payload['data_fingerprint'][:12]} vs {split.fingerprint[:12]}): check the "
+                "data path, seed, history mode and max_history"
+            )
+        rec = cls(BAMFConfig.from_dict(payload["config"]))
+        rec.split = split
+        rec.model = BAMF(payload["n_users"], payload["n_items"], rec.config)
+        try:
+            rec.model.load_state_dict(payload["state_dict"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from None
+        return rec

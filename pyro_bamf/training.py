@@ -1,0 +1,209 @@
+"""Minibatch SVI for BAMF with KL annealing and early stopping on leave-one-out NDCG@10.
+
+The objective per batch of ``n`` examples with ``n_valid`` unmasked attention weights::
+
+    kl_weight = "mean" (the paper):  NLL / n + lambda * (KL_user + KL_item) / (2 n_valid)
+    kl_weight = "elbo" (exact ELBO): (NLL + lambda * (KL_user + KL_item)) / n
+
+``lambda = min(1, (epoch - 1) / kl_anneal_epochs)`` (1 without annealing). Both are written as
+``poutine.scale`` factors on the likelihood and, identically in model and guide, on the latent
+sites; the loss is Pyro's ``differentiable_loss`` under one ``torch.optim.Adam``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
+
+from .batch import Batch, training_batches
+from .config import BAMFConfig
+from .evaluation import evaluate_candidates
+from .model import BAMF
+
+LATENT_SITES = ("user_scores", "item_scores")
+
+
+def kl_lambda(config: BAMFConfig, epoch: int) -> float:
+    """KL weight of 1-based ``epoch``: linear from 0 over ``kl_anneal_epochs``, then 1."""
+    if config.kl_anneal_epochs == 0:
+        return 1.0
+    return min(1.0, (epoch - 1) / config.kl_anneal_epochs)
+
+
+def loss_scales(config: BAMFConfig, batch: Batch, weight: float) -> tuple[float, float]:
+    """``(obs_scale, kl_scale)`` for ``batch`` under KL weight ``weight`` (see module doc)."""
+    n = batch.n_examples
+    if config.kl_weight == "mean":
+        n_valid = max(int(batch.mask.sum()), 1)
+        return 1.0 / n, weight / (2 * n_valid)
+    return 1.0 / n, weight / n
+
+
+def make_elbo(config: BAMFConfig):
+    """``TraceMeanField_ELBO`` (analytic KL) or ``Trace_ELBO`` (sampled KL)."""
+    return TraceMeanField_ELBO() if config.elbo == "meanfield" else Trace_ELBO()
+
+
+@dataclass
+class StepTerms:
+    """Unscaled sums of one step: likelihood NLL over examples, KL over unmasked weights."""
+
+    loss: float
+    nll: float
+    n_examples: int
+    kl: float
+    n_weights: int
+
+
+def svi_step(
+    model: BAMF,
+    elbo,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    obs_scale: float,
+    kl_scale: float,
+) -> StepTerms:
+    """One gradient step on the scaled negative ELBO; returns its terms for logging."""
+    traced_model = poutine.trace(model.model)
+    traced_guide = poutine.trace(model.guide)
+    optimizer.zero_grad(set_to_none=True)
+    loss = elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
+    terms = _terms(traced_model.trace, traced_guide.trace, batch, loss.item())
+    if not math.isfinite(terms.loss):
+        bad = "NLL" if not math.isfinite(terms.nll) else "KL"
+        raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
+    loss.backward()
+    optimizer.step()
+    return terms
+
+
+@torch.no_grad()
+def _terms(model_trace, guide_trace, batch: Batch, loss: float) -> StepTerms:
+    obs = model_trace.nodes["obs"]
+    nll = -float(obs["fn"].log_prob(obs["value"]).sum())
+    kl = 0.0
+    for name in LATENT_SITES:
+        kl += float(
+            kl_divergence(guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]).sum()
+        )
+    n_weights = 2 * int(batch.mask.sum())
+    return StepTerms(loss, nll, batch.n_examples, kl, n_weights)
+
+
+@dataclass
+class EpochLog:
+    """One row of ``history.csv``."""
+
+    epoch: int
+    nll: float
+    kl: float
+    kl_weight: float
+    loo_ndcg10: float
+    seconds: float
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without an improvement of more than ``min_delta``.
+
+    The patience counter is held at zero during the first ``warmup`` epochs.
+    """
+
+    def __init__(self, patience: int, min_delta: float, warmup: int) -> None:
+        self.patience, self.min_delta, self.warmup = patience, min_delta, warmup
+        self.best = -math.inf
+        self.best_epoch = 0
+        self.waited = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record ``value`` of ``epoch``; return whether it is the new best."""
+        improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+        elif epoch > self.warmup:
+            self.waited += 1
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        return self.waited >= self.patience
+
+
+@dataclass
+class FitResult:
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loo_ndcg10: float = -math.inf
+
+    def history_rows(self) -> list[dict]:
+        return [asdict(row) for row in self.history]
+
+
+def fit(
+    model: BAMF,
+    split,
+    config: BAMFConfig,
+    loo_candidates,
+    progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``split.train``; keep the weights of the best LOO NDCG@10 epoch.
+
+    Randomness comes from torch's global generator (seed it with ``pyro.set_rng_seed``) and a
+    negative-sampling generator derived from ``config.seed``.
+    """
+    rng = np.random.default_rng([config.seed, 1])
+    elbo = make_elbo(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stopper = EarlyStopping(config.patience, config.min_delta, config.warmup_epochs)
+    device = next(model.parameters()).device
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, config.max_epochs + 1):
+        start = time.perf_counter()
+        weight = kl_lambda(config, epoch)
+        model.train()
+        sums = np.zeros(4)
+        batches = training_batches(split, config, rng)
+        n_batches = -(-len(split.train) // _groups_per_batch(config))
+        for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress):
+            batch = batch.to(device)
+            try:
+                terms = svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight))
+            except FloatingPointError as err:
+                raise FloatingPointError(f"epoch {epoch}: {err}") from None
+            sums += (terms.nll, terms.n_examples, terms.kl, terms.n_weights)
+        ndcg = evaluate_candidates(model, split, loo_candidates, ks=(10,), ties=config.ties)
+        row = EpochLog(
+            epoch=epoch,
+            nll=sums[0] / sums[1],
+            kl=sums[2] / max(sums[3], 1),
+            kl_weight=weight,
+            loo_ndcg10=ndcg["ndcg@10"],
+            seconds=time.perf_counter() - start,
+        )
+        result.history.append(row)
+        if stopper.update(epoch, row.loo_ndcg10):
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(row)
+        if stopper.stop:
+            break
+    model.load_state_dict(best_state)
+    result.best_epoch, result.best_loo_ndcg10 = stopper.best_epoch, stopper.best
+    return result
+
+
+def _groups_per_batch(config: BAMFConfig) -> int:
+    if config.learning == "pointwise":
+        return max(config.batch_size // config.group_size, 1)
+    return config.batch_size
