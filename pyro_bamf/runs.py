@@ -57,8 +57,13 @@ def write_history(path: Path, rows: list[EpochLog]) -> None:
             writer.writerow([getattr(row, name) for name in names])
 
 
-def train_run(config: BAMFConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train ``config`` and write the run directory ``out``; returns the metrics record."""
+def train_run(
+    config: BAMFConfig, out: str | Path, progress: bool = True, log_epochs: bool = True
+) -> dict[str, Any]:
+    """Train ``config`` and write the run directory ``out``; returns the metrics record.
+
+    ``progress`` shows tqdm bars per epoch; ``log_epochs`` prints one line per epoch.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / INCOMPLETE, "training has not finished; this run is not usable yet\n")
@@ -70,7 +75,7 @@ def train_run(config: BAMFConfig, out: str | Path, progress: bool = True) -> dic
     def on_epoch(row: EpochLog) -> None:
         rows.append(row)
         write_history(out / "history.csv", rows)
-        if progress:
+        if log_epochs:
             print(
                 f"epoch {row.epoch:3d}  nll {row.nll:.4f}  kl/weight {row.kl:.4f}  "
                 f"lambda {row.kl_weight:.2f}  LOO ndcg@10 {row.loo_ndcg10:.4f}  "

@@ -185,8 +185,8 @@ def fit(
         ndcg = evaluate_candidates(model, split, loo_candidates, ks=(10,), ties=config.ties)
         row = EpochLog(
             epoch=epoch,
-            nll=sums[0] / sums[1],
-            kl=sums[2] / max(sums[3], 1),
+            nll=float(sums[0] / sums[1]),
+            kl=float(sums[2] / max(sums[3], 1)),
             kl_weight=weight,
             loo_ndcg10=ndcg["ndcg@10"],
             seconds=time.perf_counter() - start,

@@ -1,0 +1,163 @@
+"""Speed benchmark of BAMF training and evaluation on ml-latest-small (paper settings).
+
+    python benchmarks/bench_train.py --data ~/.cache/pyro-bamf/ml-latest-small [--quick] [--json F]
+
+Prints one table: seconds per full pointwise training epoch (batching and negative sampling
+included), training examples per second, leave-one-out and 1:99 test evaluation seconds, peak
+RSS, and the ratio of one SVI step to a plain-PyTorch step of the same loss on the same batch.
+Figures are medians over ``--repeats`` runs. ``--quick`` times 40 training steps instead of a
+whole epoch (the epoch time is then extrapolated and marked so) and a tenth of the test pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import pyro
+import torch
+from torch.distributions import LogNormal, kl_divergence
+
+from pyro_bamf import BAMF, BAMFConfig
+from pyro_bamf.batch import training_batches
+from pyro_bamf.data import ImplicitSplit, load_data
+from pyro_bamf.evaluation import score_candidates
+from pyro_bamf.training import kl_lambda, loss_scales, make_elbo, svi_step
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def torch_loss(model: BAMF, batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
+    """The objective of ``model.model``/``guide`` written in plain PyTorch (no Pyro)."""
+    config = model.config
+    psi_user, psi_item = model.attention_logits(batch)
+    shape = batch.mask.shape
+    sigma = config.guide_sigma
+    loss = 0.0
+    log_scores = []
+    for psi in (psi_user, psi_item):
+        guide = LogNormal((psi - 0.5 * sigma**2).expand(shape), sigma)
+        prior = LogNormal(config.prior_log_mean - 0.5 * config.prior_sigma**2, config.prior_sigma)
+        kl = kl_divergence(guide, LogNormal(prior.loc.expand(shape), config.prior_sigma))
+        loss = loss + kl_scale * (kl * batch.mask).sum()
+        log_scores.append(guide.rsample().log())
+    weights = [model.weights(s, batch.mask) for s in log_scores]
+    logits = model.logits(batch, *weights)
+    nll = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, batch.labels, reduction="sum"
+    )
+    return loss + obs_scale * nll
+
+
+def time_steps(config, split, step, n_steps, rng):
+    times, examples = [], 0
+    for i, batch in enumerate(training_batches(split, config, rng)):
+        if n_steps is not None and i >= n_steps:
+            break
+        start = time.perf_counter()
+        step(batch)
+        times.append(time.perf_counter() - start)
+        examples += batch.n_examples
+    return times, examples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="movielens")
+    parser.add_argument("--score-fn", default="concat", choices=("concat", "prod"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    config = BAMFConfig(data=args.data, score_fn=args.score_fn, compile_eval=True)
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(False)
+    split = ImplicitSplit.from_interactions(load_data(config.data), seed=config.seed)
+    loo = split.candidates("loo", config.eval_negatives)
+    test = split.candidates("test", config.eval_negatives)
+    if args.quick:
+        keep = test.users < np.quantile(test.users, 0.1)
+        test_users, test_items = test.users[keep], test.items[keep]
+    else:
+        test_users, test_items = test.users, test.items
+    model = BAMF(split.n_users, split.n_items, config)
+    elbo = make_elbo(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    weight = kl_lambda(config, 11)
+
+    def svi(batch):
+        svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight))
+
+    def plain(batch):
+        optimizer.zero_grad(set_to_none=True)
+        torch_loss(model, batch, *loss_scales(config, batch, weight)).backward()
+        optimizer.step()
+
+    n_steps = 40 if args.quick else None
+    n_batches = -(-len(split.train) // (config.batch_size // config.group_size))
+    epoch_s, rate, ratios = [], [], []
+    for repeat in range(args.repeats):
+        rng = np.random.default_rng([repeat, 1])
+        start = time.perf_counter()
+        times, examples = time_steps(config, split, svi, n_steps, rng)
+        wall = time.perf_counter() - start
+        epoch_s.append(wall * (n_batches / len(times)))
+        rate.append(examples / wall)
+        batch = next(training_batches(split, config, np.random.default_rng(repeat)))
+        pair = []
+        for step in (svi, plain, svi, plain, svi, plain):
+            start = time.perf_counter()
+            for _ in range(5):
+                step(batch)
+            pair.append(time.perf_counter() - start)
+        ratios.append(sum(pair[0::2]) / sum(pair[1::2]))
+
+    def evaluate(users, items):
+        start = time.perf_counter()
+        score_candidates(model, users, items, split.history_items, split.history_lengths)
+        return time.perf_counter() - start
+
+    compile_s = evaluate(loo.users, loo.items)
+    loo_s = statistics.median(evaluate(loo.users, loo.items) for _ in range(args.repeats))
+    test_s = statistics.median(evaluate(test_users, test_items) for _ in range(args.repeats))
+
+    figures = {
+        "epoch_seconds": statistics.median(epoch_s),
+        "examples_per_second": statistics.median(rate),
+        "loo_eval_seconds": loo_s,
+        "test_eval_seconds": test_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "svi_over_torch": statistics.median(ratios),
+    }
+    info = {
+        "score_fn": args.score_fn,
+        "quick": args.quick,
+        "epoch_extrapolated_from_steps": n_steps,
+        "test_rows": int(len(test_users)),
+        "first_eval_seconds_with_compile": compile_s,
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "pyro": str(pyro.__version__),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+    }
+    print(f"{'figure':<24}{'value':>12}")
+    for key, value in figures.items():
+        print(f"{key:<24}{value:>12.3f}")
+    for key, value in info.items():
+        print(f"# {key}: {value}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({**figures, "info": info}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
