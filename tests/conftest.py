@@ -7,7 +7,9 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
+import torch
 
 from pyro_bamf.data import Interactions, make_synthetic
 
@@ -36,3 +38,21 @@ def movielens_dir() -> Path:
 def small_data() -> Interactions:
     """A small synthetic data set (120 users, 300 items, ~20 interactions per user)."""
     return make_synthetic(n_users=120, n_items=300, rank=4, mean_interactions=20, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    """Pyro's global parameter store is emptied and torch/numpy/random seeded for every test."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The models under test are tiny: one intra-op thread avoids contention on shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
