@@ -12,7 +12,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_bamf import attention, evaluation
@@ -693,3 +693,35 @@ def test_compiled_eval_scores_equal_eager_scores(split):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+# --------------------------------------------------------------------------- vectorised samples
+
+
+@pytest.mark.parametrize("learning", ["pointwise", "pairwise"])
+def test_parallel_predictive_broadcasts_over_samples(split, learning):
+    """Sample dims to the left of ``(G, S, L)`` (``Predictive(parallel=True)``) broadcast."""
+    config = make_config(learning=learning, prior_loc="key")
+    model = BAMF(split.n_users, split.n_items, config)
+    model.eval()
+    batch = make_batch(split, learning)
+    groups, size, width = batch.mask.shape
+    sites = ["user_scores", "user_weights", "item_weights", "obs", "_RETURN"]
+    predictive = Predictive(
+        model.model, guide=model.guide, num_samples=4, parallel=True, return_sites=sites
+    )
+    with torch.no_grad():
+        out = predictive(batch)
+        for name in ("user_scores", "user_weights", "item_weights"):
+            assert out[name].shape == (4, groups, size, width)
+        assert out["obs"].shape == ((4, groups, size) if learning == "pointwise" else (4, groups))
+        assert out["_RETURN"].shape == (4, groups, size)
+        assert torch.all(out["user_weights"][:, ~batch.mask] == 0)
+        assert not torch.equal(out["user_weights"][0], out["user_weights"][1])
+        for k in range(4):
+            weights = simplex_weights(
+                out["user_scores"][k].log(), batch.mask, config.tau, config.beta
+            )
+            torch.testing.assert_close(out["user_weights"][k], weights)
+            logits = model.logits(batch, out["user_weights"][k], out["item_weights"][k])
+            torch.testing.assert_close(out["_RETURN"][k], logits, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_bamf.batch import Batch
+from pyro_bamf.batch import Batch, bucketed_order, training_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
 from pyro_bamf.evaluation import evaluate_candidates
@@ -291,3 +291,52 @@ def test_same_seed_gives_identical_history_and_metrics(learning):
     assert [row["kl_weight"] for row in first[0]] == [0.0, 0.5]
     other = small_fit(seed=4, learning=learning)
     assert other[0] != first[0]
+
+
+# --------------------------------------------------------------------------- training batches
+
+
+@pytest.mark.parametrize("learning", ["pointwise", "pairwise"])
+def test_training_batches_cover_each_positive_once_with_unseen_negatives(tiny_split, learning):
+    split = tiny_split
+    config = BAMFConfig(learning=learning, batch_size=20)
+    size = 5 if learning == "pointwise" else 2
+    seen = {(u, i) for u, i in zip(split.data.users, split.data.items, strict=True)}
+    positives = []
+    for batch in training_batches(split, config, np.random.default_rng(0)):
+        groups = batch.items.shape[0]
+        assert batch.items.shape == (groups, size)
+        assert groups <= (4 if learning == "pointwise" else 20)  # 20 examples / pairs
+        if learning == "pointwise":
+            expected = torch.zeros(groups, size)
+            expected[:, 0] = 1.0
+            assert torch.equal(batch.labels, expected)
+            assert batch.n_examples == groups * size
+        else:
+            assert batch.labels is None and batch.n_examples == groups
+        for g in range(groups):
+            user = int(batch.users[g])
+            positives.append((user, int(batch.items[g, 0])))
+            for item in batch.items[g, 1:].tolist():
+                assert (user, item) not in seen, "a negative the user interacted with"
+            length = int(split.history_lengths[user])
+            np.testing.assert_array_equal(
+                batch.history[g, :length].numpy(), split.history_items[user, :length]
+            )
+    expected = sorted(zip(split.train.users.tolist(), split.train.items.tolist(), strict=True))
+    assert sorted(positives) == expected
+
+
+def test_bucketed_order_partitions_groups_into_length_buckets():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=103)
+    batches = bucketed_order(lengths, 10, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    assert sorted(len(b) for b in batches) == [3] + [10] * 10
+    spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
+    for (_, high), (low, _) in zip(spans, spans[1:], strict=False):
+        assert high <= low  # consecutive length ranges: padding stays small
+    again = bucketed_order(lengths, 10, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    other = bucketed_order(lengths, 10, np.random.default_rng(2))
+    assert any(not np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
