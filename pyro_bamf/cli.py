@@ -7,7 +7,7 @@ import json
 import sys
 import warnings
 
-from .config import BAMFConfig, parse_overrides
+from .config import BAMFConfig, ConfigError, parse_overrides
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -27,9 +27,18 @@ def _data_describe(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .runs import train_run
 
-    config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
-    config = config.replace(**parse_overrides(args.set))
-    metrics = train_run(config, args.out, progress=not args.no_progress)
+    if args.resume:
+        if args.config or args.set or args.out:
+            raise ConfigError(
+                "--resume continues a run with its own config: drop --config/--set/--out"
+            )
+        metrics = train_run(BAMFConfig(), args.resume, not args.no_progress, resume=True)
+    else:
+        if not args.out:
+            raise ConfigError("train needs --out DIR (or --resume DIR)")
+        config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
+        config = config.replace(**parse_overrides(args.set))
+        metrics = train_run(config, args.out, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in metrics["test"].items() if k.endswith("@10")}, indent=2))
     return 0
 
@@ -63,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train and evaluate one configuration")
     train.add_argument("--config", help="TOML file (see examples/configs/)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--out", help="run directory to write")
+    train.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,8 @@ class BAMFConfig:
         return 1 + self.negatives_per_positive
 
     def replace(self, **changes: Any) -> BAMFConfig:
-        check_keys(changes)
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied, type-checked like :meth:`from_dict`."""
+        return self.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,4 +190,5 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 
 def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: JSON's escapes (quotes, backslash, control characters) are TOML's."""
+    return json.dumps(value, ensure_ascii=False)

@@ -94,7 +94,7 @@ class BAMF(nn.Module):
 
     def attention_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Guide locations ``psi``: user side ``(G, 1, L)``, item side ``(G, S, L)``."""
-        keys = self.history_vectors()[batch.history]
+        keys = nn.functional.embedding(batch.history, self.history_vectors())
         psi_user = self.user_scorer(self.user_embedding(batch.users), keys).unsqueeze(-2)
         psi_item = self.item_scorer(self.target_vectors(batch.items), keys.unsqueeze(-3))
         return psi_user, psi_item
@@ -103,7 +103,7 @@ class BAMF(nn.Module):
         self, batch: Batch, user_weights: torch.Tensor, item_weights: torch.Tensor
     ) -> torch.Tensor:
         """``x = h^T(W(LN(p_u * c_u) * LN(q_i * c_i)) + b)`` from weights ``(..., G, S, L)``."""
-        values = self.history_vectors()[batch.history]
+        values = nn.functional.embedding(batch.history, self.history_vectors())
         user_context = user_weights @ values
         item_context = item_weights @ values
         user = self.user_embedding(batch.users).unsqueeze(-2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .data import Candidates, ImplicitSplit
 from .evaluation import full_ranking_candidates, score_candidates
 from .metrics import KS, ranking_metrics
 from .model import BAMF
-from .training import EpochLog, FitResult, fit
+from .training import EpochLog, FitResult, TrainState, fit
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,16 +46,22 @@ class BAMFRecommender:
         self,
         split: ImplicitSplit,
         progress: bool = True,
-        on_epoch: Callable[[EpochLog], None] | None = None,
+        on_epoch: Callable[[EpochLog, TrainState], None] | None = None,
+        resume: TrainState | None = None,
     ) -> FitResult:
-        """Seed everything from ``config.seed``, build a fresh model and train it by SVI."""
+        """Seed everything from ``config.seed``, build a fresh model and train it by SVI.
+
+        ``on_epoch(row, state)`` runs after each epoch; ``resume`` continues from such a state.
+        """
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
         self.split = split
         self.model = BAMF(split.n_users, split.n_items, self.config)
         loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
-            return fit(self.model, split, self.config, loo, progress=progress, on_epoch=on_epoch)
+            return fit(
+                self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume
+            )
 
     def _require_fitted(self) -> tuple[BAMF, ImplicitSplit]:
         if self.model is None or self.split is None:
@@ -141,7 +148,15 @@ class BAMFRecommender:
         """Rebuild a saved recommender on ``split``, which must be the data it was trained on."""
         path = Path(path)
         try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: member {damaged} fails its CRC"
+                )
             payload = torch.load(path, map_location="cpu", weights_only=True)
+        except CheckpointError:
+            raise
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
         except Exception as err:  # torch raises many types for truncated or foreign files

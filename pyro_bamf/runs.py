@@ -14,13 +14,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .atomic import atomic_path
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit, load_data
 from .recommender import BAMFRecommender
-from .training import EpochLog
+from .training import EpochLog, TrainState
 
 INCOMPLETE = "INCOMPLETE"
+CHECKPOINT = "checkpoint.pt"
 
 
 def build_split(config: BAMFConfig) -> ImplicitSplit:
@@ -49,6 +52,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_history(path: Path, rows: list[EpochLog]) -> None:
+    """``history.csv``: one row per finished epoch."""
     names = [f.name for f in fields(EpochLog)]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -58,23 +62,40 @@ def write_history(path: Path, rows: list[EpochLog]) -> None:
 
 
 def train_run(
-    config: BAMFConfig, out: str | Path, progress: bool = True, log_epochs: bool = True
+    config: BAMFConfig,
+    out: str | Path,
+    progress: bool = True,
+    log_epochs: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` and write the run directory ``out``; returns the metrics record.
 
-    ``progress`` shows tqdm bars per epoch; ``log_epochs`` prints one line per epoch.
+    After every epoch ``checkpoint.pt`` (model, optimiser, RNG and early-stopping state) is
+    replaced atomically; ``resume=True`` continues an interrupted run from it, with the run's
+    own ``config.toml``, to the same final metrics as an uninterrupted run. ``progress`` shows
+    tqdm bars; ``log_epochs`` prints one line per epoch.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / INCOMPLETE, "training has not finished; this run is not usable yet\n")
-    write_text(out / "config.toml", config.to_toml())
+    state, fingerprint = None, None
+    if resume:
+        config, state, fingerprint = _load_checkpoint(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
+        write_text(out / "config.toml", config.to_toml())
     split = build_split(config)
+    if state is not None and fingerprint != split.fingerprint:
+        raise ValueError(
+            f"cannot resume {out}: its checkpoint was trained on other data or another split"
+        )
     recommender = BAMFRecommender(config)
-    rows: list[EpochLog] = []
 
-    def on_epoch(row: EpochLog) -> None:
-        rows.append(row)
-        write_history(out / "history.csv", rows)
+    def on_epoch(row: EpochLog, train_state: TrainState) -> None:
+        write_history(out / "history.csv", train_state.history)
+        payload = {**train_state.to_dict(), "data_fingerprint": split.fingerprint}
+        with atomic_path(out / CHECKPOINT) as tmp:
+            torch.save(payload, tmp)
         if log_epochs:
             print(
                 f"epoch {row.epoch:3d}  nll {row.nll:.4f}  kl/weight {row.kl:.4f}  "
@@ -83,7 +104,7 @@ def train_run(
                 flush=True,
             )
 
-    result = recommender.fit(split, progress=progress, on_epoch=on_epoch)
+    result = recommender.fit(split, progress=progress, on_epoch=on_epoch, resume=state)
     recommender.save(out / "model.pt")
     metrics = {
         "test": recommender.evaluate(test_candidates(config, split)),
@@ -95,8 +116,26 @@ def train_run(
         "data_fingerprint": split.fingerprint,
     }
     write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    (out / INCOMPLETE).unlink()
+    (out / INCOMPLETE).unlink(missing_ok=True)
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
+    """The run's config, its last epoch's training state and the data fingerprint."""
+    if not (out / "config.toml").is_file():
+        raise ValueError(f"cannot resume {out}: it has no config.toml (not a run directory)")
+    if not (out / INCOMPLETE).exists():
+        raise ValueError(f"cannot resume {out}: the run already finished")
+    if not (out / CHECKPOINT).is_file():
+        raise ValueError(f"cannot resume {out}: no epoch finished before it stopped; start again")
+    try:
+        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        fingerprint = payload.pop("data_fingerprint")
+        state = TrainState.from_dict(payload)
+    except Exception as err:  # truncated or foreign files raise many types
+        raise ValueError(f"cannot resume {out}: {CHECKPOINT} is unreadable: {err}") from None
+    return BAMFConfig.from_toml(out / "config.toml"), state, fingerprint
 
 
 def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:

@@ -144,8 +144,33 @@ class FitResult:
     best_epoch: int = 0
     best_loo_ndcg10: float = -math.inf
 
-    def history_rows(self) -> list[dict]:
-        return [asdict(row) for row in self.history]
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training after a finished epoch, bit for bit.
+
+    ``sampler`` is the negative sampler's ``bit_generator.state``; ``torch_rng`` torch's global
+    generator state (dropout masks and latent draws).
+    """
+
+    epoch: int
+    model: dict
+    optimizer: dict
+    best_model: dict
+    best_epoch: int
+    best_value: float
+    waited: int
+    history: list[EpochLog]
+    sampler: dict
+    torch_rng: torch.Tensor
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "history": [asdict(row) for row in self.history]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainState:
+        history = [EpochLog(**row) for row in values["history"]]
+        return cls(**{**values, "history": history})
 
 
 def fit(
@@ -154,12 +179,14 @@ def fit(
     config: BAMFConfig,
     loo_candidates,
     progress: bool = True,
-    on_epoch: Callable[[EpochLog], None] | None = None,
+    on_epoch: Callable[[EpochLog, TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> FitResult:
     """Train ``model`` on ``split.train``; keep the weights of the best LOO NDCG@10 epoch.
 
     Randomness comes from torch's global generator (seed it with ``pyro.set_rng_seed``) and a
-    negative-sampling generator derived from ``config.seed``.
+    negative-sampling generator derived from ``config.seed``. ``on_epoch(row, state)`` is
+    called after every epoch with a :class:`TrainState` from which ``resume`` continues.
     """
     rng = np.random.default_rng([config.seed, 1])
     elbo = make_elbo(config)
@@ -168,19 +195,33 @@ def fit(
     device = next(model.parameters()).device
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(1, config.max_epochs + 1):
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        best_state = resume.best_model
+        stopper.best, stopper.best_epoch = resume.best_value, resume.best_epoch
+        stopper.waited = resume.waited
+        result.history = list(resume.history)
+        rng.bit_generator.state = resume.sampler
+        torch.set_rng_state(resume.torch_rng)
+        first = resume.epoch + 1
+    for epoch in range(first, config.max_epochs + 1):
+        if stopper.stop:
+            break
         start = time.perf_counter()
         weight = kl_lambda(config, epoch)
         model.train()
         sums = np.zeros(4)
         batches = training_batches(split, config, rng)
         n_batches = -(-len(split.train) // _groups_per_batch(config))
-        for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress):
+        batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress)
+        for step, batch in enumerate(batches, 1):
             batch = batch.to(device)
             try:
                 terms = svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight))
             except FloatingPointError as err:
-                raise FloatingPointError(f"epoch {epoch}: {err}") from None
+                raise FloatingPointError(f"epoch {epoch}, step {step}: {err}") from None
             sums += (terms.nll, terms.n_examples, terms.kl, terms.n_weights)
         ndcg = evaluate_candidates(model, split, loo_candidates, ks=(10,), ties=config.ties)
         row = EpochLog(
@@ -195,9 +236,19 @@ def fit(
         if stopper.update(epoch, row.loo_ndcg10):
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
-            on_epoch(row)
-        if stopper.stop:
-            break
+            state = TrainState(
+                epoch=epoch,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                best_model=best_state,
+                best_epoch=stopper.best_epoch,
+                best_value=stopper.best,
+                waited=stopper.waited,
+                history=list(result.history),
+                sampler=rng.bit_generator.state,
+                torch_rng=torch.get_rng_state(),
+            )
+            on_epoch(row, state)
     model.load_state_dict(best_state)
     result.best_epoch, result.best_loo_ndcg10 = stopper.best_epoch, stopper.best
     return result

@@ -118,11 +118,6 @@ def test_unknown_set_key_exits_2_with_a_suggestion(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAMFConfig.replace skips type checks: --set dropout=high raises TypeError from "
-    "__post_init__'s comparison instead of a ConfigError (exit code 2)",
-)
 def test_wrongly_typed_set_value_exits_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--set", "dropout=high"]) == 2
     assert "dropout" in capsys.readouterr().err

@@ -137,11 +137,6 @@ def _write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py _toml_string escapes only backslash and quote; control characters such "
-    "as a newline are written raw, which TOML forbids in basic strings",
-)
 def test_toml_round_trip_of_strings_with_control_characters(tmp_path):
     config = BAMFConfig(data="runs/a\nb")
     assert BAMFConfig.from_toml(_write(tmp_path, config.to_toml())) == config
@@ -215,12 +210,6 @@ def test_parse_overrides_rejects_pairs_without_key_or_value(pair):
         parse_overrides([pair])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAMFConfig.replace (config.py) calls dataclasses.replace without the type "
-    "coercion/check of from_dict, and __post_init__ checks ranges only: --set values of the "
-    "wrong type are accepted (max_epochs=2.5, embedding_dim=true) or raise TypeError",
-)
 @pytest.mark.parametrize("pair", ["max_epochs=2.5", "embedding_dim=true", "dropout=high"])
 def test_replace_with_wrongly_typed_override_raises_config_error(pair):
     with pytest.raises(ConfigError):

@@ -104,12 +104,6 @@ def test_garbage_empty_or_foreign_checkpoint_raises_checkpoint_error(split, tmp_
         BAMFRecommender.load(tmp_path / "missing.pt", split)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAMFRecommender.load (recommender.py) trusts torch.load, whose zip reader does not "
-    "check CRC-32, and save() stores no checksum: a checkpoint with corrupted tensor bytes "
-    "loads silently with wrong weights",
-)
 def test_checkpoint_with_corrupted_bytes_raises_checkpoint_error(checkpoint, split, tmp_path):
     raw = bytearray(checkpoint.read_bytes())
     middle = len(raw) // 2  # inside the stored tensors
