@@ -33,7 +33,9 @@ def main() -> None:
     )
     print(json.dumps(split.describe(), indent=2))
     recommender = BAMFRecommender(config)
-    result = recommender.fit(split, progress=not args.no_progress, on_epoch=lambda row, _: print(row))
+    result = recommender.fit(
+        split, progress=not args.no_progress, on_epoch=lambda row, _: print(row, flush=True)
+    )
     metrics = recommender.evaluate()
     print(f"best epoch {result.best_epoch} (LOO NDCG@10 {result.best_loo_ndcg10:.4f})")
     print(json.dumps({k: round(v, 4) for k, v in metrics.items() if k.endswith("@10")}, indent=2))

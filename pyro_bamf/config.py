@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 CHOICES = {
     "learning": ("pointwise", "pairwise"),
@@ -26,6 +25,7 @@ CHOICES = {
     "history": ("tfidf", "all"),
     "ties": ("pessimistic", "optimistic"),
     "eval_protocol": ("sampled", "full"),
+    "device": ("cpu", "cuda", "auto"),
 }
 
 
@@ -70,6 +70,7 @@ class BAMFConfig:
     warmup_epochs: int = 10
     eval_protocol: str = "sampled"
     compile_eval: bool = False
+    device: str = "cpu"
     ties: str = "pessimistic"
     test_candidates: str = ""
 

@@ -56,12 +56,21 @@ class BAMFRecommender:
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
         self.split = split
-        self.model = BAMF(split.n_users, split.n_items, self.config)
+        self.model = BAMF(split.n_users, split.n_items, self.config).to(self._device())
         loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
             return fit(
                 self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume
             )
+
+    def _device(self) -> torch.device:
+        """``config.device``; ``"auto"`` picks CUDA when available. A missing GPU is an error."""
+        name = self.config.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device = 'cuda' but torch sees no CUDA device")
+        return torch.device(name)
 
     def _require_fitted(self) -> tuple[BAMF, ImplicitSplit]:
         if self.model is None or self.split is None:
