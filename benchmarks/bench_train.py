@@ -24,7 +24,7 @@ import torch
 from torch.distributions import LogNormal, kl_divergence
 
 from pyro_bamf import BAMF, BAMFConfig
-from pyro_bamf.batch import training_batches
+from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
 from pyro_bamf.evaluation import score_candidates
 from pyro_bamf.training import kl_lambda, loss_scales, make_elbo, svi_step
@@ -102,7 +102,7 @@ def main() -> None:
         optimizer.step()
 
     n_steps = 40 if args.quick else None
-    n_batches = -(-len(split.train) // (config.batch_size // config.group_size))
+    n_batches = -(-len(split.train) // groups_per_batch(config))
     epoch_s, rate, ratios = [], [], []
     for repeat in range(args.repeats):
         rng = np.random.default_rng([repeat, 1])

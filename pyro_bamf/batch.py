@@ -21,7 +21,6 @@ class Batch:
     ``mask[g, s, l]`` is true where history position ``l`` is a real item other than the
     example's target ``items[g, s]`` (``j in R_u+ \\ {i}``). ``labels (G, S)`` are the pointwise
     targets; ``None`` for pairwise batches, where ``items[:, 0]`` is preferred to ``items[:, 1]``.
-    ``valid (G, S)`` marks real examples (evaluation batches pad their last group).
     """
 
     users: torch.Tensor
@@ -29,7 +28,6 @@ class Batch:
     history: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor | None = None
-    valid: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -39,7 +37,6 @@ class Batch:
         history_items: np.ndarray,
         history_lengths: np.ndarray,
         labels: np.ndarray | None = None,
-        valid: np.ndarray | None = None,
     ) -> Batch:
         """Gather the users' histories, cut to the longest one in the batch, and mask them."""
         lengths = history_lengths[users]
@@ -53,7 +50,6 @@ class Batch:
             history=torch.as_tensor(history, dtype=torch.long),
             mask=torch.as_tensor(mask),
             labels=None if labels is None else torch.as_tensor(labels, dtype=torch.float32),
-            valid=None if valid is None else torch.as_tensor(valid),
         )
 
     @property
@@ -67,6 +63,13 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
 
         return Batch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+def groups_per_batch(config) -> int:
+    """Groups per training batch: ``batch_size`` rows rounded down to whole groups."""
+    if config.learning == "pointwise":
+        return max(config.batch_size // config.group_size, 1)
+    return config.batch_size
 
 
 def bucketed_order(lengths: np.ndarray, groups_per_batch: int, rng: np.random.Generator):
@@ -90,14 +93,11 @@ def training_batches(split, config, rng: np.random.Generator):
     users, positives = split.train.users, split.train.items
     negatives = split.sample_negatives(users, config.negatives_per_positive, rng)
     items = np.concatenate([positives[:, None], negatives], axis=1)
+    labels = None
     if config.learning == "pointwise":
         labels = np.zeros(items.shape, dtype=np.float32)
         labels[:, 0] = 1.0
-        per_batch = max(config.batch_size // items.shape[1], 1)
-    else:
-        labels = None
-        per_batch = config.batch_size
-    for idx in bucketed_order(split.history_lengths[users], per_batch, rng):
+    for idx in bucketed_order(split.history_lengths[users], groups_per_batch(config), rng):
         yield Batch.build(
             users[idx],
             items[idx],
@@ -111,7 +111,7 @@ def candidate_batches(users, items, history_items, history_lengths, group_size=1
     """Evaluation batches over candidate rows ``users, items (N,)`` grouped by user.
 
     Each user's candidates are cut into groups of ``group_size`` (the last one padded, see
-    ``Batch.valid``); groups are sorted by history length and packed so that
+    ``rows``); groups are sorted by history length and packed so that
     ``groups * group_size * L <= budget`` (bounded memory). Yields ``(batch, rows)`` where
     ``rows (G, S)`` indexes the candidate rows (-1 for padding).
     """
@@ -136,10 +136,7 @@ def candidate_batches(users, items, history_items, history_lengths, group_size=1
         while stop < len(order) and (stop + 1 - start) * group_size * widths[stop] <= budget:
             stop += 1
         block = rows[order[start:stop]]
-        valid = block >= 0
-        items = np.where(valid, candidate_items[np.maximum(block, 0)], 0)
-        batch = Batch.build(
-            group_users[order[start:stop]], items, history_items, history_lengths, valid=valid
-        )
+        items = np.where(block >= 0, candidate_items[np.maximum(block, 0)], 0)
+        batch = Batch.build(group_users[order[start:stop]], items, history_items, history_lengths)
         yield batch, block
         start = stop

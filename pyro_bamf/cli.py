@@ -8,25 +8,21 @@ import sys
 import warnings
 
 from .config import BAMFConfig, ConfigError, parse_overrides
+from .data import fetch_movielens, load_data
+from .runs import evaluate_run, train_run
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from .data import fetch_movielens
-
     print(fetch_movielens(args.data_dir))
     return 0
 
 
 def _data_describe(args: argparse.Namespace) -> int:
-    from .data import load_data
-
     print(json.dumps(load_data(args.data).describe(), indent=2))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .runs import train_run
-
     if args.resume:
         if args.config or args.set or args.out:
             raise ConfigError(
@@ -44,8 +40,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .runs import evaluate_run
-
     fresh, saved = evaluate_run(args.run)
     print(json.dumps(fresh, indent=2))
     drift = {k: (v, saved["test"].get(k)) for k, v in fresh.items() if saved["test"].get(k) != v}
@@ -63,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="fetch or describe a data set")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("fetch", help="download ml-latest-small into the cache")
-    fetch.add_argument("--data-dir", help="cache folder (default: $BAMF_DATA_DIR or ~/.cache)")
+    fetch.add_argument(
+        "--data-dir", help="cache folder (default: $BAMF_DATA_DIR or ~/.cache/pyro-bamf)"
+    )
     fetch.set_defaults(func=_data_fetch)
     describe = data_commands.add_parser("describe", help="print data statistics as JSON")
-    describe.add_argument("--data", required=True, help="a path, movielens, synthetic[:k=v,...]")
+    describe.add_argument(
+        "--data", required=True, help="a path, movielens, auto, synthetic[:k=v,...]"
+    )
     describe.set_defaults(func=_data_describe)
 
     train = commands.add_parser("train", help="train and evaluate one configuration")
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:
         print(f"pyro-bamf: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

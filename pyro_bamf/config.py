@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -75,6 +76,11 @@ class BAMFConfig:
     test_candidates: str = ""
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _coerce(f.name, getattr(self, f.name), type(getattr(BAMFConfig, f.name)))
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+            object.__setattr__(self, f.name, value)
         for key, options in CHOICES.items():
             if getattr(self, key) not in options:
                 raise ConfigError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
@@ -136,11 +142,7 @@ class BAMFConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BAMFConfig:
         check_keys(values)
-        typed = {}
-        for f in fields(cls):
-            if f.name in values:
-                typed[f.name] = _coerce(f.name, values[f.name], type(getattr(cls, f.name)))
-        return cls(**typed)
+        return cls(**values)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> BAMFConfig:
@@ -171,7 +173,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        key = key.strip()
+        key, raw = key.strip(), raw.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         try:

@@ -51,14 +51,16 @@ def evaluate_candidates(
 
 
 def full_ranking_candidates(split, part: str = "test"):
-    """Every item a user has not trained on, labelled 1 for the user's ``part`` positives.
+    """The full-ranking protocol: each user's ``part`` positives among all items the user never
+    interacted with (in any other part), labelled 1 for the positives.
 
-    Returns ``(users, items, labels)`` grouped by user: the full-ranking protocol.
+    Returns ``(users, items, labels)`` grouped by user.
     """
     positives = getattr(split, part)
     n_users, n_items = split.n_users, split.n_items
     seen = np.zeros(n_users * n_items, dtype=bool)
-    seen[split.train.users * n_items + split.train.items] = True
+    seen[split.data.users * n_items + split.data.items] = True
+    seen[positives.users * n_items + positives.items] = False
     keys = np.flatnonzero(~seen)
     users, items = keys // n_items, keys % n_items
     labels = np.zeros(len(keys), dtype=np.float32)

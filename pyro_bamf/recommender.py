@@ -63,13 +63,17 @@ class BAMFRecommender:
                 self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume
             )
 
+    def check_device(self) -> None:
+        """Raise ``ValueError`` now if ``config.device`` is unavailable."""
+        self._device()
+
     def _device(self) -> torch.device:
         """``config.device``; ``"auto"`` picks CUDA when available. A missing GPU is an error."""
         name = self.config.device
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
         if name == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device = 'cuda' but torch sees no CUDA device")
+            raise ValueError("device = 'cuda' but torch sees no CUDA device: use cpu or auto")
         return torch.device(name)
 
     def _require_fitted(self) -> tuple[BAMF, ImplicitSplit]:
@@ -91,6 +95,9 @@ class BAMFRecommender:
 
         ``users``, ``items``: equal-length index arrays. Returns ``float32 (N,)``.
         """
+        return 1.0 / (1.0 + np.exp(-self._logits(users, items)))
+
+    def _logits(self, users, items) -> np.ndarray:
         model, split = self._require_fitted()
         users = np.asarray(users, dtype=np.int64).ravel()
         items = np.asarray(items, dtype=np.int64).ravel()
@@ -102,7 +109,7 @@ class BAMFRecommender:
         logits[order] = score_candidates(
             model, users[order], items[order], split.history_items, split.history_lengths
         )
-        return 1.0 / (1.0 + np.exp(-logits))
+        return logits
 
     def recommend(self, user: int, k: int = 10, exclude_seen: bool = True):
         """Top-``k`` items for ``user`` as ``(items, probabilities)``, best first.
@@ -115,9 +122,9 @@ class BAMFRecommender:
         items = np.arange(split.n_items)
         if exclude_seen:
             items = np.setdiff1d(items, split.train.items[split.train.users == user])
-        scores = self.score(np.full(items.size, user), items)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return items[top], scores[top]
+        logits = self._logits(np.full(items.size, user), items)
+        top = np.argsort(-logits, kind="stable")[:k]
+        return items[top], 1.0 / (1.0 + np.exp(-logits[top]))
 
     def evaluate(
         self, candidates: Candidates | None = None, ks: tuple[int, ...] = KS
@@ -130,6 +137,7 @@ class BAMFRecommender:
             if candidates is None:
                 candidates = split.candidates("test", self.config.eval_negatives)
             users, items, labels = candidates.users, candidates.items, candidates.labels
+            self._check_ids(np.asarray(users), np.asarray(items))
         scores = score_candidates(model, users, items, split.history_items, split.history_lengths)
         return ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
 
@@ -183,7 +191,7 @@ class BAMFRecommender:
             )
         rec = cls(BAMFConfig.from_dict(payload["config"]))
         rec.split = split
-        rec.model = BAMF(payload["n_users"], payload["n_items"], rec.config)
+        rec.model = BAMF(payload["n_users"], payload["n_items"], rec.config).to(rec._device())
         try:
             rec.model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:

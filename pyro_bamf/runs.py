@@ -79,17 +79,20 @@ def train_run(
     state, fingerprint = None, None
     if resume:
         config, state, fingerprint = _load_checkpoint(out)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CHECKPOINT).unlink(missing_ok=True)
-        write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
-        write_text(out / "config.toml", config.to_toml())
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
     split = build_split(config)
+    recommender = BAMFRecommender(config)
+    recommender.check_device()
     if state is not None and fingerprint != split.fingerprint:
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
-    recommender = BAMFRecommender(config)
+    if state is None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
+        write_text(out / "config.toml", config.to_toml())
 
     def on_epoch(row: EpochLog, train_state: TrainState) -> None:
         write_history(out / "history.csv", train_state.history)

@@ -25,7 +25,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from .batch import Batch, training_batches
+from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
 from .evaluation import evaluate_candidates
 from .model import BAMF
@@ -149,8 +149,9 @@ class FitResult:
 class TrainState:
     """Everything needed to continue training after a finished epoch, bit for bit.
 
-    ``sampler`` is the negative sampler's ``bit_generator.state``; ``torch_rng`` torch's global
-    generator state (dropout masks and latent draws).
+    ``sampler`` is the negative sampler's ``bit_generator.state``; ``torch_rng`` (and
+    ``cuda_rng`` on a GPU) torch's generator states (dropout masks and latent draws). The tensors
+    are the live state of the model and optimiser: save or copy them inside ``on_epoch``.
     """
 
     epoch: int
@@ -163,6 +164,7 @@ class TrainState:
     history: list[EpochLog]
     sampler: dict
     torch_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "history": [asdict(row) for row in self.history]}
@@ -205,6 +207,8 @@ def fit(
         result.history = list(resume.history)
         rng.bit_generator.state = resume.sampler
         torch.set_rng_state(resume.torch_rng)
+        if resume.cuda_rng:
+            torch.cuda.set_rng_state_all(resume.cuda_rng)
         first = resume.epoch + 1
     for epoch in range(first, config.max_epochs + 1):
         if stopper.stop:
@@ -214,7 +218,7 @@ def fit(
         model.train()
         sums = np.zeros(4)
         batches = training_batches(split, config, rng)
-        n_batches = -(-len(split.train) // _groups_per_batch(config))
+        n_batches = -(-len(split.train) // groups_per_batch(config))
         batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress)
         for step, batch in enumerate(batches, 1):
             batch = batch.to(device)
@@ -247,14 +251,9 @@ def fit(
                 history=list(result.history),
                 sampler=rng.bit_generator.state,
                 torch_rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             )
             on_epoch(row, state)
     model.load_state_dict(best_state)
     result.best_epoch, result.best_loo_ndcg10 = stopper.best_epoch, stopper.best
     return result
-
-
-def _groups_per_batch(config: BAMFConfig) -> int:
-    if config.learning == "pointwise":
-        return max(config.batch_size // config.group_size, 1)
-    return config.batch_size

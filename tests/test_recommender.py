@@ -181,14 +181,17 @@ def test_recommend_can_include_seen_items_and_validates_k(fitted, split):
         fitted.recommend(split.n_users, k=5)
 
 
-def test_full_ranking_candidates_are_every_unseen_item_labelled_by_test(split):
+def test_full_ranking_candidates_are_test_positives_among_never_seen_items(split):
     users, items, labels = full_ranking_candidates(split, "test")
     assert np.all(np.diff(users) >= 0)
     for user in range(split.n_users):
         rows = users == user
-        train = split.train.items[split.train.users == user]
+        other = np.concatenate(
+            [getattr(split, part).items[getattr(split, part).users == user]
+             for part in ("train", "val", "loo")]
+        )  # fmt: skip
         np.testing.assert_array_equal(
-            np.sort(items[rows]), np.setdiff1d(np.arange(split.n_items), train)
+            np.sort(items[rows]), np.setdiff1d(np.arange(split.n_items), other)
         )
         test = split.test.items[split.test.users == user]
         np.testing.assert_array_equal(np.sort(items[rows][labels[rows] == 1]), test)
