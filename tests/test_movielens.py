@@ -196,8 +196,16 @@ def test_fetch_lands_a_valid_zip_in_the_cache(served, tmp_path, refused_url):
 
 def test_fetch_replaces_an_invalid_cached_file(served, tmp_path):
     (tmp_path / "ml-latest-small.zip").write_bytes(b"garbage")
-    path = fetch_movielens(tmp_path, url=f"{served}/good.zip", timeout=10)
+    with pytest.warns(UserWarning, match="was invalid and has been deleted"):
+        path = fetch_movielens(tmp_path, url=f"{served}/good.zip", timeout=10)
     assert_counts(load_movielens(path))
+
+
+def test_invalid_cached_file_is_deleted_and_reported_when_refetch_fails(served, tmp_path):
+    (tmp_path / "ml-latest-small.zip").write_bytes(b"garbage")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="was invalid and has been"):
+        fetch_movielens(tmp_path, url=f"{served}/truncated.zip", timeout=10)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -180,16 +181,19 @@ def fetch_movielens(
     file is deleted and a DataError says what was wrong.
     """
     target = cache_dir(data_dir) / _ZIP_NAME
+    stale = ""
     if target.is_file():
         try:
             _check_archive(target)
             return target
-        except DataError:
-            pass
+        except DataError as err:
+            target.unlink()
+            stale = f" (the cached {target} was invalid and has been deleted: {err})"
+            warnings.warn(f"re-downloading MovieLens{stale}", stacklevel=2)
     try:
         with atomic_path(target) as tmp:
             _download(url, tmp, timeout)
             _check_archive(tmp)
     except DataError as err:
-        raise DataError(f"could not fetch MovieLens from {url}: {err}") from err
+        raise DataError(f"could not fetch MovieLens from {url}: {err}{stale}") from err
     return target
