@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -189,7 +190,16 @@ class BAMFRecommender:
                 f"{payload['data_fingerprint'][:12]} vs {split.fingerprint[:12]}): check the "
                 "data path, seed, history mode and max_history"
             )
-        rec = cls(BAMFConfig.from_dict(payload["config"]))
+        saved = payload.get("versions", {}).get("pyro_bamf")
+        if saved != __version__:
+            warnings.warn(
+                f"checkpoint {path} was written by pyro-bamf {saved}, this is {__version__}",
+                stacklevel=2,
+            )
+        try:
+            rec = cls(BAMFConfig.from_dict(payload["config"]))
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} holds an invalid config: {err}") from None
         rec.split = split
         rec.model = BAMF(payload["n_users"], payload["n_items"], rec.config).to(rec._device())
         try:
