@@ -28,6 +28,25 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable or does not match the data or configuration at hand."""
 
 
+def load_checked(path: Path) -> object:
+    """``torch.load`` (weights only) after checking every member's CRC, which torch skips.
+
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"checkpoint {path} is corrupt: member {damaged} fails its CRC")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as err:  # torch and zipfile raise many types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from None
+
+
 class BAMFRecommender:
     """A BAMF model bound to the split it is trained on.
 
@@ -120,6 +139,7 @@ class BAMFRecommender:
         _, split = self._require_fitted()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        self._check_ids(np.array([user]), np.array([], dtype=np.int64))
         items = np.arange(split.n_items)
         if exclude_seen:
             items = np.setdiff1d(items, split.train.items[split.train.users == user])
@@ -165,20 +185,7 @@ class BAMFRecommender:
     def load(cls, path: str | os.PathLike, split: ImplicitSplit) -> BAMFRecommender:
         """Rebuild a saved recommender on ``split``, which must be the data it was trained on."""
         path = Path(path)
-        try:
-            with zipfile.ZipFile(path) as archive:
-                damaged = archive.testzip()
-            if damaged is not None:
-                raise CheckpointError(
-                    f"checkpoint {path} is corrupt: member {damaged} fails its CRC"
-                )
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except CheckpointError:
-            raise
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {path} does not exist") from None
-        except Exception as err:  # torch raises many types for truncated or foreign files
-            raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from None
+        payload = load_checked(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
             raise CheckpointError(

@@ -19,7 +19,7 @@ import torch
 from .atomic import atomic_path
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit, load_data
-from .recommender import BAMFRecommender
+from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
 
 INCOMPLETE = "INCOMPLETE"
@@ -88,6 +88,7 @@ def train_run(
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
+    candidates = test_candidates(config, split)
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / CHECKPOINT).unlink(missing_ok=True)
@@ -110,7 +111,7 @@ def train_run(
     result = recommender.fit(split, progress=progress, on_epoch=on_epoch, resume=state)
     recommender.save(out / "model.pt")
     metrics = {
-        "test": recommender.evaluate(test_candidates(config, split)),
+        "test": recommender.evaluate(candidates),
         "best_epoch": result.best_epoch,
         "best_loo_ndcg@10": result.best_loo_ndcg10,
         "epochs_run": len(result.history),
@@ -133,7 +134,7 @@ def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
     if not (out / CHECKPOINT).is_file():
         raise ValueError(f"cannot resume {out}: no epoch finished before it stopped; start again")
     try:
-        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        payload = load_checked(out / CHECKPOINT)
         fingerprint = payload.pop("data_fingerprint")
         state = TrainState.from_dict(payload)
     except Exception as err:  # truncated or foreign files raise many types

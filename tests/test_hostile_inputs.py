@@ -285,7 +285,7 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
         "--config path that is a directory",
         Cli(lambda tmp: with_config(tmp, tmp)),
         2,
-        r"Is a directory",
+        r"config file .* is a folder",
     ),
     (
         "--out that is an existing file",
@@ -384,12 +384,7 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
     ),
 ]
 
-XFAIL = {
-    "negative synthetic seed": (
-        "BUG: load_data('synthetic:seed=-1') raises numpy's bare ValueError 'expected "
-        "non-negative integer' instead of a DataError naming the synthetic seed option"
-    ),
-}
+XFAIL: dict[str, str] = {}
 NEEDS_NO_GPU = {"device = cuda without a GPU"}
 
 
@@ -458,21 +453,11 @@ def test_hostile_input_is_refused_with_a_clear_message(target, expected, pattern
         assert not (tmp_path / "run").exists(), "a refused command left a run directory"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (cosmetic): recommend(99) reports 'unknown user index [99, 99, 99, 99, 99]', "
-    "the user repeated once per candidate item, instead of naming it once",
-)
 def test_recommend_names_an_unknown_user_once():
     with pytest.raises(ValueError, match=r"unknown user index \[99\]:"):
         tiny_recommender().recommend(99, k=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): BAMFConfig.from_toml(a directory) leaks IsADirectoryError "
-    "('[Errno 21] Is a directory') instead of a ConfigError saying the config file is a folder",
-)
 def test_config_path_that_is_a_directory_raises_config_error(tmp_path):
     with pytest.raises(ConfigError, match="config file"):
         BAMFConfig.from_toml(tmp_path)

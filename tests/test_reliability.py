@@ -219,12 +219,6 @@ class _Resumed(Exception):
     """Raised in place of training: the resume went past its checkpoint checks."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runs._load_checkpoint uses torch.load without the zip CRC check that "
-    "BAMFRecommender.load does, so a checkpoint.pt with corrupted tensor bytes is accepted "
-    "and training silently resumes from garbage weights and optimiser state",
-)
 def test_resume_refuses_a_checkpoint_with_corrupted_bytes(
     killed_and_resumed, tmp_path, capsys, monkeypatch
 ):
@@ -360,12 +354,6 @@ def test_model_checkpoint_of_another_format_raises_checkpoint_error(tiny_run, tm
 # --------------------------------------------------------------------------- late validation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train_run opens config.test_candidates only after training; a missing or "
-    "mismatched candidates file fails the run at the very end (no metrics.json), and --resume "
-    "reuses the same config.toml so it fails again: the work is lost",
-)
 def test_missing_test_candidates_file_is_refused_before_training(tmp_path):
     out = tmp_path / "run"
     config = TINY.replace(max_epochs=1, test_candidates=str(tmp_path / "missing.npz"))

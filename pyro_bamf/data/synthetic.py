@@ -69,6 +69,8 @@ def make_synthetic(
     unpopular ones may have no interaction). The same arguments give identical output.
     """
     cap = (n_items - 1) // 2
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise DataError(f"synthetic seed must be a non-negative integer, got {seed!r}")
     if n_users < 1 or rank < 1:
         raise DataError(f"need n_users >= 1 and rank >= 1, got n_users={n_users}, rank={rank}")
     if cap < MIN_USER_INTERACTIONS:
