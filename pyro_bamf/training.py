@@ -83,6 +83,11 @@ def svi_step(
         bad = "NLL" if not math.isfinite(terms.nll) else "KL"
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
     loss.backward()
+    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    finite = torch.stack([torch.isfinite(grad).all() for _, grad in grads])
+    if not bool(finite.all()):
+        bad = [name for (name, _), ok in zip(grads, finite.tolist(), strict=True) if not ok]
+        raise FloatingPointError(f"non-finite gradient of {', '.join(bad)} (loss {terms.loss:.4g})")
     optimizer.step()
     return terms
 

@@ -188,6 +188,19 @@ def test_svi_step_raises_floating_point_error_naming_the_bad_term(tiny_split, pa
         assert torch.equal(value, state[key]) or torch.isnan(state[key]).any(), key
 
 
+def test_svi_step_raises_on_a_non_finite_gradient_naming_the_parameter(tiny_split):
+    config = BAMFConfig(embedding_dim=8)
+    model = BAMF(tiny_split.n_users, tiny_split.n_items, config)
+    model.head[1].weight.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = tiny_batch(tiny_split)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient of head\.1\.weight"):
+        svi_step(model, make_elbo(config), optimizer, batch, *loss_scales(config, batch, 1.0))
+    for key, value in model.state_dict().items():  # no step was taken
+        assert torch.equal(value, state[key]), key
+
+
 def test_svi_step_returns_unscaled_terms(tiny_split):
     config = BAMFConfig(embedding_dim=8, dropout=0.0)
     model = BAMF(tiny_split.n_users, tiny_split.n_items, config)
