@@ -77,8 +77,8 @@ class BAMF(nn.Module):
 
     @property
     def n_items(self) -> int:
-        table = getattr(self, "history_embedding", None) or self.item_embedding
-        return table.num_embeddings
+        role = self.config.item_embeddings == "role"
+        return (self.history_embedding if role else self.item_embedding).num_embeddings
 
     def history_vectors(self) -> torch.Tensor:
         """``h`` for every item, ``(n_items, K)``: keys and values of both attention modules."""
@@ -166,4 +166,7 @@ class BAMF(nn.Module):
 
 def _gather(per_item: torch.Tensor | None, batch: Batch) -> torch.Tensor | None:
     """Per-item prior log-means ``(n_items,)`` -> ``(G, 1, L)`` over the batch's histories."""
-    return None if per_item is None else per_item[batch.history].unsqueeze(-2)
+    if per_item is None:
+        return None
+    gathered = nn.functional.embedding(batch.history, per_item.unsqueeze(-1))  # deterministic
+    return gathered.squeeze(-1).unsqueeze(-2)
