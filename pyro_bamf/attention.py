@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 import torch
-from pyro.distributions import LogNormal
 from torch import nn
+
+from .families import guide_distribution, prior_distribution
 
 
 def dropout_keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
@@ -115,11 +116,14 @@ class ScoreNetwork(nn.Module):
 
 
 class AttentionPrior(nn.Module):
-    """Prior log-mean ``m_j`` of the attention scores: a constant, or ``g(k_j)`` from the key."""
+    """Prior of the attention scores with log-mean ``m_j``: a constant, or ``g(k_j)`` from the
+    key; its family (:mod:`pyro_bamf.families`) is set by ``family``, ``sigma`` and ``shape``."""
 
-    def __init__(self, dim: int, kind: str, log_mean: float, sigma: float) -> None:
+    def __init__(
+        self, dim: int, kind: str, log_mean: float, family: str, sigma: float, shape: float
+    ) -> None:
         super().__init__()
-        self.sigma = sigma
+        self.family, self.sigma, self.shape = family, sigma, shape
         self.log_mean = log_mean
         self.net = (
             nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
@@ -133,20 +137,22 @@ class AttentionPrior(nn.Module):
             return None
         return self.net(keys).squeeze(-1) + self.log_mean
 
-    def dist(
-        self, log_mean: torch.Tensor | None, shape: torch.Size, ref: torch.Tensor
-    ) -> LogNormal:
-        """``LogNormal(m - sigma^2/2, sigma)`` of batch ``shape`` (dtype, device of ``ref``)."""
+    def dist(self, log_mean: torch.Tensor | None, shape: torch.Size, ref: torch.Tensor):
+        """The prior of mean ``exp(m)`` with batch ``shape`` (dtype, device of ``ref``).
+
+        Default: ``LogNormal(m - sigma^2/2, sigma)``.
+        """
         if log_mean is None:
-            loc = ref.new_full((), self.log_mean - 0.5 * self.sigma**2).expand(shape)
-        else:
-            loc = (log_mean - 0.5 * self.sigma**2).expand(shape)
-        return LogNormal(loc, self.sigma)
+            log_mean = ref.new_full((), self.log_mean)
+        return prior_distribution(self.family, log_mean.expand(shape), self.sigma, self.shape)
 
 
-def guide_dist(psi: torch.Tensor, sigma: float, shape: torch.Size) -> LogNormal:
-    """Variational ``LogNormal(psi - sigma^2/2, sigma)`` (mean ``exp(psi)``), batch ``shape``."""
-    return LogNormal((psi - 0.5 * sigma**2).expand(shape), sigma)
+def guide_dist(psi: torch.Tensor, family: str, sigma: float, shape: float, size: torch.Size):
+    """The guide of mean ``exp(psi)`` with batch shape ``size``.
+
+    Default: ``LogNormal(psi - sigma^2/2, sigma)``.
+    """
+    return guide_distribution(family, psi.expand(size), sigma, shape)
 
 
 def simplex_weights(

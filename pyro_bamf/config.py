@@ -21,6 +21,8 @@ CHOICES = {
     "score_fn": ("concat", "prod"),
     "item_embeddings": ("role", "shared"),
     "prior_loc": ("constant", "key"),
+    "prior_family": ("lognormal", "gamma", "weibull", "halfnormal", "exponential"),
+    "guide_family": ("lognormal", "weibull"),
     "kl_weight": ("mean", "elbo"),
     "elbo": ("meanfield", "trace"),
     "history": ("tfidf", "all"),
@@ -55,8 +57,12 @@ class BAMFConfig:
     dropout: float = 0.2
     tau: float = 1.0
     beta: float = 0.5
+    guide_family: str = "lognormal"
     guide_sigma: float = 0.1
+    guide_shape: float = 10.0
+    prior_family: str = "lognormal"
     prior_sigma: float = 1.0
+    prior_shape: float = 1.0
     prior_loc: str = "constant"
     prior_log_mean: float = 1.0
     elbo: str = "meanfield"
@@ -91,6 +97,8 @@ class BAMFConfig:
             ("beta", 0.0 < self.beta <= 1.0, "in (0, 1] (a smoothing factor)"),
             ("guide_sigma", self.guide_sigma > 0, "> 0"),
             ("prior_sigma", self.prior_sigma > 0, "> 0"),
+            ("guide_shape", self.guide_shape > 0, "> 0"),
+            ("prior_shape", self.prior_shape > 0, "> 0"),
             ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
             ("lr", self.lr > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),

@@ -64,7 +64,13 @@ class BAMF(nn.Module):
         scorer = (dim, config.score_fn, config.dropout, config.compile_eval)
         self.user_scorer = ScoreNetwork(*scorer)
         self.item_scorer = ScoreNetwork(*scorer)
-        prior = (config.prior_loc, config.prior_log_mean, config.prior_sigma)
+        prior = (
+            config.prior_loc,
+            config.prior_log_mean,
+            config.prior_family,
+            config.prior_sigma,
+            config.prior_shape,
+        )
         self.user_prior = AttentionPrior(dim, *prior)
         self.item_prior = AttentionPrior(dim, *prior)
         self.user_norm = nn.LayerNorm(dim)
@@ -149,11 +155,11 @@ class BAMF(nn.Module):
         pyro.module("bamf", self)
         psi_user, psi_item = self.attention_logits(batch)
         shape = batch.mask.shape
-        sigma = self.config.guide_sigma
+        family = (self.config.guide_family, self.config.guide_sigma, self.config.guide_shape)
         with pyro.plate("groups", shape[0], dim=-1), kl_scaled(kl_scale):
-            user = guide_dist(psi_user, sigma, shape).mask(batch.mask).to_event(2)
+            user = guide_dist(psi_user, *family, shape).mask(batch.mask).to_event(2)
             pyro.sample("user_scores", user)
-            item = guide_dist(psi_item, sigma, shape).mask(batch.mask).to_event(2)
+            item = guide_dist(psi_item, *family, shape).mask(batch.mask).to_event(2)
             pyro.sample("item_scores", item)
 
     def expected_logits(self, batch: Batch) -> torch.Tensor:

@@ -98,9 +98,12 @@ def _terms(model_trace, guide_trace, batch: Batch, loss: float) -> StepTerms:
     nll = -float(obs["fn"].log_prob(obs["value"]).sum())
     kl = 0.0
     for name in LATENT_SITES:
-        kl += float(
-            kl_divergence(guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]).sum()
-        )
+        q, p = guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]
+        try:
+            kl += float(kl_divergence(q, p).sum())
+        except NotImplementedError:  # no closed form: the one-sample estimate the ELBO uses
+            value = guide_trace.nodes[name]["value"]
+            kl += float((q.log_prob(value) - p.log_prob(value)).sum())
     n_weights = 2 * int(batch.mask.sum())
     return StepTerms(loss, nll, batch.n_examples, kl, n_weights)
 
