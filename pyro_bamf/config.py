@@ -16,13 +16,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .families import GUIDE_FAMILIES, PRIOR_FAMILIES
+
 CHOICES = {
     "learning": ("pointwise", "pairwise"),
     "score_fn": ("concat", "prod"),
     "item_embeddings": ("role", "shared"),
     "prior_loc": ("constant", "key"),
-    "prior_family": ("lognormal", "gamma", "weibull", "halfnormal", "exponential"),
-    "guide_family": ("lognormal", "weibull"),
+    "prior_family": PRIOR_FAMILIES,
+    "guide_family": GUIDE_FAMILIES,
     "kl_weight": ("mean", "elbo"),
     "elbo": ("meanfield", "trace"),
     "history": ("tfidf", "all"),
