@@ -34,7 +34,7 @@ def build_split(config: BAMFConfig) -> ImplicitSplit:
     )
 
 
-def test_candidates(config: BAMFConfig, split: ImplicitSplit) -> Candidates | None:
+def evaluation_pool(config: BAMFConfig, split: ImplicitSplit) -> Candidates | None:
     """The saved candidate file named by ``config.test_candidates``, else a fresh pool.
 
     ``None`` under the full-ranking protocol.
@@ -88,7 +88,7 @@ def train_run(
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
-    candidates = test_candidates(config, split)
+    candidates = evaluation_pool(config, split)
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / CHECKPOINT).unlink(missing_ok=True)
@@ -154,4 +154,4 @@ def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
     split = build_split(config)
     recommender = BAMFRecommender.load(run / "model.pt", split)
     saved = json.loads((run / "metrics.json").read_text())
-    return recommender.evaluate(test_candidates(config, split)), saved
+    return recommender.evaluate(evaluation_pool(config, split)), saved
