@@ -47,7 +47,12 @@ def _eval_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, ou
     else:
         hidden = nn.functional.linear(query.unsqueeze(-2) * keys, query_w, query_b)
     hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:], norm_w, norm_b)
-    return nn.functional.linear(torch.relu(hidden), out_w, out_b).squeeze(-1)
+    return _squeeze(nn.functional.linear(torch.relu(hidden), out_w, out_b))
+
+
+def _squeeze(outputs: torch.Tensor) -> torch.Tensor:
+    """``(..., L, 1) -> (..., L)``; two outputs (location, spread) stay ``(..., L, 2)``."""
+    return outputs.squeeze(-1) if outputs.shape[-1] == 1 else outputs
 
 
 _compiled_eval_scores = None
@@ -68,6 +73,10 @@ def compiled_eval_scores():
 class ScoreNetwork(nn.Module):
     """NAIS attention score ``psi = w^T Dropout(ReLU(LN(A(q, k)))) + b_out``.
 
+    With ``outputs = 2`` a second row ``w_2`` reads the same features and the network returns
+    ``(psi, r)`` stacked on a last axis of 2 (``r`` the raw guide spread, see
+    :class:`GuideSpread`); otherwise ``psi`` alone.
+
     ``concat``: ``A = W [q ; k] + b = W_q q + W_k k + b``; ``W_k k`` depends on the key only
     and is computed once per (group, history item), not once per (example, history item).
     ``prod``: ``A = W (q * k) + b``.
@@ -77,7 +86,9 @@ class ScoreNetwork(nn.Module):
     score runs through :func:`compiled_eval_scores` when ``compiled`` is set.
     """
 
-    def __init__(self, dim: int, kind: str, dropout: float, compiled: bool = False) -> None:
+    def __init__(
+        self, dim: int, kind: str, dropout: float, compiled: bool = False, outputs: int = 1
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.compiled = compiled
@@ -85,10 +96,11 @@ class ScoreNetwork(nn.Module):
         self.key = nn.Linear(dim, dim, bias=False) if kind == "concat" else None
         self.norm = nn.LayerNorm(dim)
         self.dropout = dropout
-        self.out = nn.Linear(dim, 1)
+        self.out = nn.Linear(dim, outputs)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``query (..., K)``, history vectors ``keys (..., L, K)`` -> ``psi (..., L)``."""
+        """``query (..., K)``, history vectors ``keys (..., L, K)`` -> ``psi (..., L)``
+        (``(..., L, 2)`` with two outputs)."""
         if not self.training and not torch.is_grad_enabled():
             scores = compiled_eval_scores() if self.compiled else _eval_scores
             key_w = None if self.key is None else self.key.weight
@@ -112,7 +124,42 @@ class ScoreNetwork(nn.Module):
                 keep_prob = 1.0 - self.dropout
             weight = weight / keep_prob
         hidden = torch.where(active, hidden, 0.0)
-        return nn.functional.linear(hidden, weight, self.out.bias).squeeze(-1)
+        return _squeeze(nn.functional.linear(hidden, weight, self.out.bias))
+
+
+class GuideSpread(nn.Module):
+    """The guide's log-scale spread ``sigma_j``: fixed, or learned per weight from ``(q, k_j)``.
+
+    Learned: ``sigma_j = sigma_min + softplus(r_j)`` with ``r_j = w_2^T features(q, k_j) + b_2``
+    the score network's second output, initialised (``w_2 = 0``) so that every
+    ``sigma_j = guide_sigma`` at the start. With a fixed sigma every weight has the same
+    relative spread; a learned one lets uncertainty differ across users and items.
+    """
+
+    SIGMA_MIN = 1e-3
+
+    def __init__(self, sigma: float, learned: bool) -> None:
+        super().__init__()
+        self.sigma, self.learned = sigma, learned
+
+    @property
+    def outputs(self) -> int:
+        """Outputs the score network needs: 2 when the spread is learned."""
+        return 2 if self.learned else 1
+
+    def initialise(self, scorer: ScoreNetwork) -> None:
+        """Start the learned spread at ``sigma`` for every weight."""
+        if self.learned:
+            with torch.no_grad():
+                scorer.out.weight[1].zero_()
+                scorer.out.bias[1] = math.log(math.expm1(self.sigma - self.SIGMA_MIN))
+
+    def split(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Score network outputs -> ``(psi (..., L), sigma (..., L) or a float)``."""
+        if not self.learned:
+            return outputs, self.sigma
+        psi, raw = outputs.unbind(-1)
+        return psi, self.SIGMA_MIN + nn.functional.softplus(raw)
 
 
 class AttentionPrior(nn.Module):
@@ -147,11 +194,17 @@ class AttentionPrior(nn.Module):
         return prior_distribution(self.family, log_mean.expand(shape), self.sigma, self.shape)
 
 
-def guide_dist(psi: torch.Tensor, family: str, sigma: float, shape: float, size: torch.Size):
-    """The guide of mean ``exp(psi)`` with batch shape ``size``.
+def guide_dist(
+    psi: torch.Tensor, family: str, sigma: torch.Tensor | float, shape: float, size: torch.Size
+):
+    """The guide of mean ``exp(psi)`` with batch shape ``size``; ``sigma`` a float or a tensor
+    broadcastable to ``psi``.
 
     Default: ``LogNormal(psi - sigma^2/2, sigma)``.
     """
+    if isinstance(sigma, torch.Tensor):
+        psi, sigma = torch.broadcast_tensors(psi, sigma)
+        sigma = sigma.expand(size)
     return guide_distribution(family, psi.expand(size), sigma, shape)
 
 

@@ -25,7 +25,9 @@ CHOICES = {
     "prior_loc": ("constant", "key"),
     "prior_family": PRIOR_FAMILIES,
     "guide_family": GUIDE_FAMILIES,
+    "guide_spread": ("fixed", "learned"),
     "kl_weight": ("mean", "elbo"),
+    "loss_reduction": ("mean", "sum"),
     "elbo": ("meanfield", "trace"),
     "history": ("tfidf", "all"),
     "ties": ("pessimistic", "optimistic"),
@@ -61,6 +63,7 @@ class BAMFConfig:
     beta: float = 0.5
     guide_family: str = "lognormal"
     guide_sigma: float = 0.1
+    guide_spread: str = "fixed"
     guide_shape: float = 10.0
     prior_family: str = "lognormal"
     prior_sigma: float = 1.0
@@ -70,6 +73,7 @@ class BAMFConfig:
     elbo: str = "meanfield"
     kl_weight: str = "mean"
     kl_anneal_epochs: int = 100
+    loss_reduction: str = "mean"
     lr: float = 1e-4
     weight_decay: float = 1e-3
     batch_size: int = 256
@@ -116,6 +120,10 @@ class BAMFConfig:
         for key, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
+        if self.guide_spread == "learned" and self.guide_family != "lognormal":
+            raise ConfigError("guide_spread = 'learned' needs guide_family = 'lognormal'")
+        if self.guide_spread == "learned" and self.guide_sigma <= 1e-3:
+            raise ConfigError("a learned guide spread starts at guide_sigma, which must be > 1e-3")
         if self.learning == "pairwise" and self.train_negatives not in (0, 1):
             raise ConfigError("pairwise learning uses exactly one negative per positive")
 

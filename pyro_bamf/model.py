@@ -11,7 +11,8 @@ For a group of examples sharing user ``u`` with targets ``i`` and history ``j in
     1 ~ Bernoulli(sigmoid(x_pos - x_neg))     pairwise    (site "obs", shape (G,))
 
 The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, h_j)``; the user
-module's query is ``p_u``, the item module's ``q_i``. One plate over the ``G`` groups (dim -1);
+module's query is ``p_u``, the item module's ``q_i``; ``sq`` is fixed or learned per weight
+(``guide_spread``). One plate over the ``G`` groups (dim -1);
 the ``(S, L)`` axes are event axes, masked over padding and the target before ``to_event``.
 """
 
@@ -25,7 +26,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .attention import AttentionPrior, ScoreNetwork, guide_dist, simplex_weights
+from .attention import AttentionPrior, GuideSpread, ScoreNetwork, guide_dist, simplex_weights
 from .batch import Batch
 from .config import BAMFConfig
 
@@ -61,9 +62,12 @@ class BAMF(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.01)
-        scorer = (dim, config.score_fn, config.dropout, config.compile_eval)
+        self.spread = GuideSpread(config.guide_sigma, config.guide_spread == "learned")
+        scorer = (dim, config.score_fn, config.dropout, config.compile_eval, self.spread.outputs)
         self.user_scorer = ScoreNetwork(*scorer)
         self.item_scorer = ScoreNetwork(*scorer)
+        self.spread.initialise(self.user_scorer)
+        self.spread.initialise(self.item_scorer)
         prior = (
             config.prior_loc,
             config.prior_log_mean,
@@ -98,11 +102,24 @@ class BAMF(nn.Module):
             return self.target_embedding(items)
         return self.target_map(self.item_embedding(items))
 
+    def attention_posterior(self, batch: Batch):
+        """Guide locations and spreads ``((psi_u, sigma_u), (psi_i, sigma_i))``.
+
+        ``psi_u (G, 1, L)``, ``psi_i (G, S, L)``; each sigma is ``guide_sigma`` (fixed) or a
+        tensor of its psi's shape (learned).
+        """
+        keys = nn.functional.embedding(batch.history, self.history_vectors())
+        psi_user, sigma_user = self.spread.split(
+            self.user_scorer(self.user_embedding(batch.users), keys)
+        )
+        if isinstance(sigma_user, torch.Tensor):
+            sigma_user = sigma_user.unsqueeze(-2)
+        item = self.item_scorer(self.target_vectors(batch.items), keys.unsqueeze(-3))
+        return (psi_user.unsqueeze(-2), sigma_user), self.spread.split(item)
+
     def attention_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Guide locations ``psi``: user side ``(G, 1, L)``, item side ``(G, S, L)``."""
-        keys = nn.functional.embedding(batch.history, self.history_vectors())
-        psi_user = self.user_scorer(self.user_embedding(batch.users), keys).unsqueeze(-2)
-        psi_item = self.item_scorer(self.target_vectors(batch.items), keys.unsqueeze(-3))
+        (psi_user, _), (psi_item, _) = self.attention_posterior(batch)
         return psi_user, psi_item
 
     def logits(
@@ -153,14 +170,14 @@ class BAMF(nn.Module):
     def guide(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> None:
         """Mean-field log-normal posterior over the attention scores, located by ``psi``."""
         pyro.module("bamf", self)
-        psi_user, psi_item = self.attention_logits(batch)
+        (psi_user, sigma_user), (psi_item, sigma_item) = self.attention_posterior(batch)
         shape = batch.mask.shape
-        family = (self.config.guide_family, self.config.guide_sigma, self.config.guide_shape)
+        family, k = self.config.guide_family, self.config.guide_shape
         with pyro.plate("groups", shape[0], dim=-1), kl_scaled(kl_scale):
-            user = guide_dist(psi_user, *family, shape).mask(batch.mask).to_event(2)
-            pyro.sample("user_scores", user)
-            item = guide_dist(psi_item, *family, shape).mask(batch.mask).to_event(2)
-            pyro.sample("item_scores", item)
+            user = guide_dist(psi_user, family, sigma_user, k, shape)
+            pyro.sample("user_scores", user.mask(batch.mask).to_event(2))
+            item = guide_dist(psi_item, family, sigma_item, k, shape)
+            pyro.sample("item_scores", item.mask(batch.mask).to_event(2))
 
     def expected_logits(self, batch: Batch) -> torch.Tensor:
         """Logits ``(G, S)`` with each score at its posterior mean ``E[s] = exp(psi)``."""

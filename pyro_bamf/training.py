@@ -5,7 +5,10 @@ The objective per batch of ``n`` examples with ``n_valid`` unmasked attention we
     kl_weight = "mean" (the paper):  NLL / n + lambda * (KL_user + KL_item) / (2 n_valid)
     kl_weight = "elbo" (exact ELBO): (NLL + lambda * (KL_user + KL_item)) / n
 
-``lambda = min(1, (epoch - 1) / kl_anneal_epochs)`` (1 without annealing). Both are written as
+``lambda = min(1, (epoch - 1) / kl_anneal_epochs)`` (1 without annealing). ``loss_reduction =
+"sum"`` multiplies the batch objective by ``n`` (the paper's summed BCE/BPR formulas): the
+gradient direction is unchanged, but Adam's coupled weight decay then regularises ``n`` times
+more weakly (with the mean, pairwise training collapses to zero embeddings). Both are written as
 ``poutine.scale`` factors on the likelihood and, identically in model and guide, on the latent
 sites; the loss is Pyro's ``differentiable_loss`` under one ``torch.optim.Adam``.
 """
@@ -43,10 +46,11 @@ def kl_lambda(config: BAMFConfig, epoch: int) -> float:
 def loss_scales(config: BAMFConfig, batch: Batch, weight: float) -> tuple[float, float]:
     """``(obs_scale, kl_scale)`` for ``batch`` under KL weight ``weight`` (see module doc)."""
     n = batch.n_examples
+    total = n if config.loss_reduction == "sum" else 1.0
     if config.kl_weight == "mean":
         n_valid = max(int(batch.mask.sum()), 1)
-        return 1.0 / n, weight / (2 * n_valid)
-    return 1.0 / n, weight / n
+        return total / n, total * weight / (2 * n_valid)
+    return total / n, total * weight / n
 
 
 def make_elbo(config: BAMFConfig):
