@@ -1,4 +1,5 @@
-"""Command line: ``pyro-bamf data fetch|describe``, ``train``, ``evaluate``."""
+"""Command line: ``pyro-bamf data fetch|describe``, ``train``, ``evaluate``, ``explain``,
+``calibrate``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import warnings
 
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
-from .runs import evaluate_run, train_run
+from .runs import evaluate_run, item_titles, load_run, original_index, train_run
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -50,6 +51,62 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from . import views
+
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    rec = load_run(args.run)
+    user = original_index(rec, "user", args.user)
+    item = None if args.item is None else original_index(rec, "item", args.item)
+    titles = item_titles(rec)
+    samples = rec.attention_samples(user, item, args.samples)
+    item_label = None if item is None else titles.get(item, args.item)
+    fig = views.plot_attention(samples, titles, args.top, args.user, item_label)
+    report = {
+        "user": args.user,
+        "history_items": int(samples.history.size),
+        "draws": args.samples,
+        "top_attention": [
+            {
+                "item": titles.get(int(row.item), str(rec.split.data.item_ids[int(row.item)])),
+                **{k: round(float(getattr(row, k)), 5) for k in ("median", "low", "high")},
+            }
+            for row in samples.summary().head(args.top).itertuples()
+        ],  # fmt: skip
+    }
+    if item is not None:
+        probability = samples.probabilities
+        report["item"] = args.item
+        report["probability"] = {k: float(v) for k, v in _interval(probability).items()}
+    views.save(fig, args.out)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _interval(samples) -> dict[str, float]:
+    from .predictive import summarize
+
+    return {k: float(v) for k, v in summarize(samples).items()}
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from . import views
+    from .calibration import calibration_metrics, reliability_bins
+
+    rec = load_run(args.run)
+    pool = rec.split.candidates("val", args.negatives)
+    probabilities = rec.score(pool.users, pool.items)
+    metrics = calibration_metrics(probabilities, pool.labels, args.bins)
+    print(json.dumps(metrics, indent=2))
+    if args.plot:
+        bins = reliability_bins(probabilities, pool.labels, args.bins)
+        views.save(views.plot_reliability(bins, metrics), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-bamf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-score a saved run")
     evaluate.add_argument("--run", required=True, help="run directory written by train")
     evaluate.set_defaults(func=_evaluate)
+
+    explain = commands.add_parser(
+        "explain", help="figure of a user's attention uncertainty (posterior predictive)"
+    )
+    explain.add_argument("--run", required=True, help="run directory written by train")
+    explain.add_argument("--user", required=True, help="original user id (e.g. MovieLens userId)")
+    explain.add_argument("--item", help="original id of a target item (adds item-side attention)")
+    explain.add_argument("--samples", type=int, default=1000, help="posterior draws")
+    explain.add_argument("--top", type=int, default=20, help="history items shown")
+    explain.add_argument("--out", required=True, help="figure file, .png or .svg")
+    explain.set_defaults(func=_explain)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="ECE, Brier and NLL on the pointwise validation set (JSON)"
+    )
+    calibrate.add_argument("--run", required=True, help="run directory written by train")
+    calibrate.add_argument("--negatives", type=int, default=4, help="negatives per positive")
+    calibrate.add_argument("--bins", type=int, default=15, help="reliability bins")
+    calibrate.add_argument("--plot", help="also write a reliability diagram (.png or .svg)")
+    calibrate.set_defaults(func=_calibrate)
     return parser
 
 

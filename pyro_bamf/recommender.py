@@ -14,11 +14,13 @@ import torch
 
 from . import __version__
 from .atomic import atomic_path
+from .calibration import calibration_metrics
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit
 from .evaluation import full_ranking_candidates, score_candidates
 from .metrics import KS, ranking_metrics
 from .model import BAMF
+from .predictive import AttentionSamples, attention_samples, logit_samples, topk_probability
 from .training import EpochLog, FitResult, TrainState, fit
 
 CHECKPOINT_FORMAT = 1
@@ -146,6 +148,53 @@ class BAMFRecommender:
         logits = self._logits(np.full(items.size, user), items)
         top = np.argsort(-logits, kind="stable")[:k]
         return items[top], 1.0 / (1.0 + np.exp(-logits[top]))
+
+    def attention_samples(
+        self, user: int, item: int | None = None, num_samples: int = 1000
+    ) -> AttentionSamples:
+        """Posterior predictive draws of ``user``'s attention weights over the history (and,
+        with a target ``item``, the item-side weights and the logit); see
+        :mod:`pyro_bamf.predictive`."""
+        model, split = self._require_fitted()
+        self._check_ids(np.array([user]), np.array([] if item is None else [item], np.int64))
+        return attention_samples(
+            model, split.history_items, split.history_lengths, user, item, num_samples
+        )
+
+    def score_samples(self, user: int, items, num_samples: int = 200) -> np.ndarray:
+        """Posterior predictive draws of ``sigmoid(x(user, i))`` for ``items (C,)``:
+        ``float32 (num_samples, C)``."""
+        model, split = self._require_fitted()
+        items = np.asarray(items, dtype=np.int64).ravel()
+        self._check_ids(np.array([user]), items)
+        logits = logit_samples(
+            model, split.history_items, split.history_lengths, user, items, num_samples
+        )
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def topk_probability(
+        self, user: int, k: int = 10, items=None, num_samples: int = 200
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``P(i in the user's top k)`` over posterior draws, ranking ``items`` (default: every
+        item the user has no training interaction with). Returns ``(items, probability)``
+        sorted by probability, highest first."""
+        _, split = self._require_fitted()
+        if items is None:
+            items = np.setdiff1d(
+                np.arange(split.n_items), split.train.items[split.train.users == user]
+            )
+        items = np.asarray(items, dtype=np.int64).ravel()
+        draws = self.score_samples(user, items, num_samples)
+        probability = topk_probability(draws, k)
+        order = np.argsort(-probability, kind="stable")
+        return items[order], probability[order]
+
+    def calibration(self, negatives: int = 4, n_bins: int = 15) -> dict[str, float]:
+        """ECE, Brier score and NLL of the expected-score probabilities on the validation
+        positives with ``negatives`` sampled negatives each (the pointwise validation set)."""
+        _, split = self._require_fitted()
+        pool = split.candidates("val", negatives)
+        return calibration_metrics(self.score(pool.users, pool.items), pool.labels, n_bins)
 
     def evaluate(
         self, candidates: Candidates | None = None, ks: tuple[int, ...] = KS

@@ -14,11 +14,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .atomic import atomic_path
 from .config import BAMFConfig
-from .data import Candidates, ImplicitSplit, load_data
+from .data import Candidates, ImplicitSplit, load_data, movie_titles
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
 
@@ -142,8 +143,8 @@ def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
     return BAMFConfig.from_toml(out / "config.toml"), state, fingerprint
 
 
-def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Re-score a finished run: ``(fresh test metrics, metrics.json as saved)``."""
+def load_run(run: str | Path) -> BAMFRecommender:
+    """The trained recommender of a finished run directory, on its own data and split."""
     run = Path(run)
     if (run / INCOMPLETE).exists():
         raise ValueError(f"run {run} is incomplete (training did not finish)")
@@ -151,7 +152,36 @@ def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
         if not (run / name).is_file():
             raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
     config = BAMFConfig.from_toml(run / "config.toml")
-    split = build_split(config)
-    recommender = BAMFRecommender.load(run / "model.pt", split)
-    saved = json.loads((run / "metrics.json").read_text())
-    return recommender.evaluate(evaluation_pool(config, split)), saved
+    return BAMFRecommender.load(run / "model.pt", build_split(config))
+
+
+def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """Re-score a finished run: ``(fresh test metrics, metrics.json as saved)``."""
+    recommender = load_run(run)
+    saved = json.loads((Path(run) / "metrics.json").read_text())
+    candidates = evaluation_pool(recommender.config, recommender.split)
+    return recommender.evaluate(candidates), saved
+
+
+def item_titles(recommender: BAMFRecommender) -> dict[int, str]:
+    """Item index -> title from ``movies.csv`` beside the run's MovieLens data ({} if none)."""
+    spec = recommender.config.data
+    if spec.startswith("synthetic"):
+        return {}
+    by_id = movie_titles(None if spec in ("movielens", "auto") else spec)
+    ids = recommender.split.data.item_ids
+    return {index: by_id[raw] for index, raw in enumerate(ids.tolist()) if raw in by_id}
+
+
+def original_index(recommender: BAMFRecommender, kind: str, original_id: str) -> int:
+    """The index of a user or item given by its original id as typed (``"42"``)."""
+    data = recommender.split.data
+    ids = data.user_ids if kind == "user" else data.item_ids
+    value: Any = original_id
+    if np.issubdtype(ids.dtype, np.integer):
+        try:
+            value = int(original_id)
+        except ValueError:
+            raise ValueError(f"{kind} id {original_id!r} is not an integer") from None
+    lookup = data.user_index if kind == "user" else data.item_index
+    return int(lookup([value])[0])

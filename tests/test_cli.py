@@ -147,3 +147,56 @@ def test_data_describe_default_synthetic(capsys):
 def test_bad_data_spec_exits_2(capsys):
     assert main(["data", "describe", "--data", "synthetic:n_userz=3"]) == 2
     assert "unknown synthetic option 'n_userz'" in capsys.readouterr().err
+
+
+def test_explain_writes_a_figure_and_prints_intervals(run_dir, tmp_path, capsys):
+    from pyro_bamf.runs import load_run
+
+    rec = load_run(run_dir)
+    user = rec.split.data.user_ids[3]
+    item = rec.split.data.item_ids[int(rec.split.history_items[3, 0])]
+    out = tmp_path / "explain.png"
+    args = ["explain", "--run", str(run_dir), "--user", str(user), "--item", str(item)]
+    assert main([*args, "--samples", "40", "--top", "5", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["top_attention"]) == 5
+    assert report["history_items"] == rec.split.history_lengths[3] - 1  # the target is dropped
+    interval = report["probability"]
+    assert 0 < interval["low"] <= interval["median"] <= interval["high"] < 1
+    svg = tmp_path / "user.svg"
+    assert main(["explain", "--run", str(run_dir), "--user", str(user), "--out", str(svg)]) == 0
+    assert svg.read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--user", "999999"], "unknown user id"),
+        (["--user", "abc"], "not an integer"),
+        (["--user", "1", "--samples", "0"], "num_samples"),
+        (["--user", "1", "--top", "0"], "--top"),
+    ],
+)
+def test_explain_bad_arguments_exit_2_and_write_nothing(run_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "x.png"
+    assert main(["explain", "--run", str(run_dir), *extra, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_explain_refuses_an_unknown_figure_format(run_dir, tmp_path, capsys):
+    out = tmp_path / "x.pdf"
+    assert main(["explain", "--run", str(run_dir), "--user", "1", "--out", str(out)]) == 2
+    assert ".png" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrate_prints_metrics_and_a_reliability_diagram(run_dir, tmp_path, capsys):
+    plot = tmp_path / "reliability.png"
+    assert main(["calibrate", "--run", str(run_dir), "--plot", str(plot)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"ece", "brier", "nll", "n", "positive_rate", "mean_probability"}
+    assert metrics["positive_rate"] == pytest.approx(0.2)  # 1 positive : 4 negatives
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["brier"] <= 1
+    assert plot.stat().st_size > 0

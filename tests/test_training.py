@@ -95,6 +95,18 @@ def test_loss_scales_elbo_weighting(weight):
     assert (obs, kl) == pytest.approx((1 / 2, weight / 2))
 
 
+@pytest.mark.parametrize("kl_weight", ["mean", "elbo"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_summed_loss_is_the_mean_loss_times_the_batch_size(kl_weight, labels):
+    batch = hand_batch(labels=labels)
+    learning = "pointwise" if labels else "pairwise"
+    mean = loss_scales(BAMFConfig(kl_weight=kl_weight, learning=learning), batch, 0.3)
+    summed = BAMFConfig(kl_weight=kl_weight, learning=learning, loss_reduction="sum")
+    assert loss_scales(summed, batch, 0.3) == pytest.approx(
+        tuple(batch.n_examples * s for s in mean)
+    )
+
+
 def test_loss_scales_mean_weighting_survives_a_batch_without_history():
     batch = hand_batch(labels=True)
     empty = Batch(

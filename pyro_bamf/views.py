@@ -1,0 +1,125 @@
+"""Figures of attention uncertainty and calibration (matplotlib, no pyplot global state).
+
+Each function returns a :class:`matplotlib.figure.Figure`; :func:`save` writes it as PNG or SVG
+(by the file's suffix) atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .atomic import atomic_path
+from .predictive import INTERVAL, AttentionSamples, summarize
+
+FORMATS = (".png", ".svg")
+
+
+def _label(item: int, titles: Mapping[int, str] | None, width: int = 38) -> str:
+    text = titles.get(item, str(item)) if titles else str(item)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _interval_panel(ax, labels, summary: dict[str, np.ndarray], xlabel: str, title: str):
+    """Median (dot) and central interval (bar) per row, first row on top."""
+    y = np.arange(len(labels))[::-1]
+    ax.hlines(y, summary["low"], summary["high"], color="tab:blue", lw=2.5, alpha=0.6)
+    ax.plot(summary["median"], y, "o", color="tab:blue", ms=4)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_attention(
+    samples: AttentionSamples,
+    titles: Mapping[int, str] | None = None,
+    top_n: int = 20,
+    user_label: str | None = None,
+    item_label: str | None = None,
+) -> Figure:
+    """Per-user attention over history items: median and 90 % interval of ``alpha_j``, the
+    ``top_n`` largest medians, user side (and item side when ``samples`` has a target).
+
+    ``titles`` maps the labels' item keys (``samples.history``) to names (e.g. movie titles);
+    ``user_label``/``item_label`` name the user and the target (default: their indices).
+    """
+    sides = ["user"] + (["item"] if samples.item_weights is not None else [])
+    fig = Figure(figsize=(6.5 * len(sides), 0.28 * min(top_n, samples.history.size) + 1.6))
+    axes = fig.subplots(1, len(sides), squeeze=False)[0]
+    for ax, side in zip(axes, sides, strict=True):
+        table = samples.summary(side).head(top_n)
+        labels = [_label(int(i), titles) for i in table["item"]]
+        summary = {k: table[k].to_numpy() for k in ("low", "median", "high")}
+        target = f" for target {item_label or samples.item}" if side == "item" else ""
+        _interval_panel(
+            ax, labels, summary, "attention weight alpha_j",
+            f"{side}-side attention{target}: median, {INTERVAL:.0%} interval",
+        )  # fmt: skip
+    fig.suptitle(
+        f"user {user_label or samples.user}: top {len(labels)} of {samples.history.size} history items, "
+        f"{samples.user_weights.shape[0]} posterior draws",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_intervals(
+    items: np.ndarray,
+    probabilities: np.ndarray,
+    topk: np.ndarray | None = None,
+    titles: Mapping[int, str] | None = None,
+    k: int = 10,
+) -> Figure:
+    """Score intervals of a top-k list: ``probabilities (N, C)`` draws for ``items (C,)`` in
+    list order; ``topk (C,)`` optional ``P(in top k)`` shown beside each label."""
+    summary = summarize(probabilities)
+    labels = [_label(int(i), titles) for i in items]
+    if topk is not None:
+        labels = [f"{label}  [P(top {k}) {p:.2f}]" for label, p in zip(labels, topk, strict=True)]
+    fig = Figure(figsize=(7.5, 0.3 * len(items) + 1.4))
+    ax = fig.subplots()
+    _interval_panel(
+        ax, labels, summary, "predicted probability",
+        f"recommended items: median, {INTERVAL:.0%} interval over {probabilities.shape[0]} draws",
+    )  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(bins: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> Figure:
+    """Reliability diagram from :func:`pyro_bamf.calibration.reliability_bins`: positive rate
+    against mean predicted probability per bin, with the bins' counts below."""
+    fig = Figure(figsize=(5, 6))
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    filled = bins["count"] > 0
+    top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    top.plot(bins["confidence"][filled], bins["accuracy"][filled], "o-", label="model")
+    top.set_ylabel("observed positive rate")
+    top.set_title(
+        f"ECE {metrics['ece']:.4f}  Brier {metrics['brier']:.4f}  NLL {metrics['nll']:.4f}",
+        fontsize=9,
+    )
+    top.legend(fontsize=8)
+    edges = bins["edges"]
+    bottom.bar(edges[:-1], bins["count"], width=np.diff(edges), align="edge", alpha=0.6)
+    bottom.set_yscale("log")
+    bottom.set_xlabel("mean predicted probability")
+    bottom.set_ylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (``.png`` or ``.svg``) atomically; returns the path."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"figure file {path} must end in one of {FORMATS}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=150, bbox_inches="tight")
+    return path
