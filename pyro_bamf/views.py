@@ -61,8 +61,8 @@ def plot_attention(
             f"{side}-side attention{target}: median, {INTERVAL:.0%} interval",
         )  # fmt: skip
     fig.suptitle(
-        f"user {user_label or samples.user}: top {len(labels)} of {samples.history.size} history items, "
-        f"{samples.user_weights.shape[0]} posterior draws",
+        f"user {user_label or samples.user}: top {len(labels)} of {samples.history.size} "
+        f"history items, {samples.user_weights.shape[0]} posterior draws",
         fontsize=10,
     )
     fig.tight_layout()
