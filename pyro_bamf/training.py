@@ -82,7 +82,7 @@ def svi_step(
     traced_guide = poutine.trace(model.guide)
     optimizer.zero_grad(set_to_none=True)
     loss = elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
-    terms = _terms(traced_model.trace, traced_guide.trace, batch, loss.item())
+    terms = step_terms(traced_model.trace, traced_guide.trace, batch, loss.item())
     if not math.isfinite(terms.loss):
         bad = "NLL" if not math.isfinite(terms.nll) else "KL"
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
@@ -97,7 +97,8 @@ def svi_step(
 
 
 @torch.no_grad()
-def _terms(model_trace, guide_trace, batch: Batch, loss: float) -> StepTerms:
+def step_terms(model_trace, guide_trace, batch: Batch, loss: float) -> StepTerms:
+    """Unscaled NLL and KL sums of traced model and guide (closed-form KL where registered)."""
     obs = model_trace.nodes["obs"]
     nll = -float(obs["fn"].log_prob(obs["value"]).sum())
     kl = 0.0
