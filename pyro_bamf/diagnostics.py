@@ -35,9 +35,7 @@ def kl_per_weight(model: BAMF, batch: Batch) -> float:
     model.eval()
     try:
         guide_trace = poutine.trace(model.guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
-            batch
-        )
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
     finally:
         model.train(was_training)
     terms = step_terms(model_trace, guide_trace, batch, 0.0)
