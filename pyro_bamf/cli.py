@@ -25,9 +25,10 @@ def _data_describe(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.config or args.set or args.out:
+        if args.config or args.set or args.out or args.distributed:
             raise ConfigError(
-                "--resume continues a run with its own config: drop --config/--set/--out"
+                "--resume continues a run with its own config: drop --config/--set/--out "
+                "(and --distributed: distributed runs cannot be resumed)"
             )
         metrics = train_run(BAMFConfig(), args.resume, not args.no_progress, resume=True)
     else:
@@ -35,7 +36,11 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs --out DIR (or --resume DIR)")
         config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
         config = config.replace(**parse_overrides(args.set))
-        metrics = train_run(config, args.out, progress=not args.no_progress)
+        metrics = train_run(
+            config, args.out, progress=not args.no_progress, distributed=args.distributed
+        )
+        if not metrics:  # a rank other than 0 of a distributed run
+            return 0
     print(json.dumps({k: v for k, v in metrics["test"].items() if k.endswith("@10")}, indent=2))
     return 0
 
@@ -130,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory to write")
     train.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--distributed", action="store_true",
+        help="one rank of a data-parallel job: torchrun --nproc-per-node N -m pyro_bamf train",
+    )  # fmt: skip
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="re-score a saved run")

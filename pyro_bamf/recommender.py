@@ -17,6 +17,7 @@ from .atomic import atomic_path
 from .calibration import calibration_metrics
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit
+from .distributed import DistributedContext
 from .evaluation import full_ranking_candidates, score_candidates
 from .metrics import KS, ranking_metrics
 from .model import BAMF
@@ -70,10 +71,12 @@ class BAMFRecommender:
         progress: bool = True,
         on_epoch: Callable[[EpochLog, TrainState], None] | None = None,
         resume: TrainState | None = None,
+        distributed: DistributedContext | None = None,
     ) -> FitResult:
         """Seed everything from ``config.seed``, build a fresh model and train it by SVI.
 
-        ``on_epoch(row, state)`` runs after each epoch; ``resume`` continues from such a state.
+        ``on_epoch(row, state)`` runs after each epoch; ``resume`` continues from such a state;
+        ``distributed`` trains data-parallel (:mod:`pyro_bamf.distributed`).
         """
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
@@ -82,12 +85,13 @@ class BAMFRecommender:
         loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
             return fit(
-                self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume
-            )
+                self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume,
+                distributed=distributed,
+            )  # fmt: skip
 
-    def check_device(self) -> None:
-        """Raise ``ValueError`` now if ``config.device`` is unavailable."""
-        self._device()
+    def check_device(self) -> torch.device:
+        """The device ``config.device`` names; ``ValueError`` now if it is unavailable."""
+        return self._device()
 
     def _device(self) -> torch.device:
         """``config.device``; ``"auto"`` picks CUDA when available. A missing GPU is an error."""

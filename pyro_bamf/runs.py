@@ -20,6 +20,7 @@ import torch
 from .atomic import atomic_path
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit, load_data, movie_titles
+from .distributed import finish_distributed, init_distributed
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
 
@@ -68,13 +69,16 @@ def train_run(
     progress: bool = True,
     log_epochs: bool = True,
     resume: bool = False,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` and write the run directory ``out``; returns the metrics record.
 
     After every epoch ``checkpoint.pt`` (model, optimiser, RNG and early-stopping state) is
     replaced atomically; ``resume=True`` continues an interrupted run from it, with the run's
     own ``config.toml``, to the same final metrics as an uninterrupted run. ``progress`` shows
-    tqdm bars; ``log_epochs`` prints one line per epoch.
+    tqdm bars; ``log_epochs`` prints one line per epoch. ``distributed``: one rank of a
+    torchrun job (:mod:`pyro_bamf.distributed`); only rank 0 writes files and evaluates the
+    test pool, the other ranks return ``{}``.
     """
     out = Path(out)
     state, fingerprint = None, None
@@ -84,19 +88,39 @@ def train_run(
         raise ValueError(f"--out {out} is a file, not a run directory")
     split = build_split(config)
     recommender = BAMFRecommender(config)
+    context = None
+    if distributed:
+        if resume:
+            raise ValueError("resuming a distributed run is not supported: start it again")
+        context = init_distributed(recommender.check_device())
+    if context is None:
+        return _train(config, out, split, recommender, progress, log_epochs, state, fingerprint)
+    finished = False
+    try:
+        metrics = _train(config, out, split, recommender, progress, log_epochs, None, None, context)
+        finished = True
+        return metrics
+    finally:
+        finish_distributed(wait=finished)
+
+
+def _train(config, out, split, recommender, progress, log_epochs, state, fingerprint, context=None):
+    main = context is None or context.is_main
     recommender.check_device()
     if state is not None and fingerprint != split.fingerprint:
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
     candidates = evaluation_pool(config, split)
-    if state is None:
+    if state is None and main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CHECKPOINT).unlink(missing_ok=True)
         write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
         write_text(out / "config.toml", config.to_toml())
 
     def on_epoch(row: EpochLog, train_state: TrainState) -> None:
+        if not main:
+            return
         write_history(out / "history.csv", train_state.history)
         payload = {**train_state.to_dict(), "data_fingerprint": split.fingerprint}
         with atomic_path(out / CHECKPOINT) as tmp:
@@ -109,7 +133,11 @@ def train_run(
                 flush=True,
             )
 
-    result = recommender.fit(split, progress=progress, on_epoch=on_epoch, resume=state)
+    result = recommender.fit(
+        split, progress=progress and main, on_epoch=on_epoch, resume=state, distributed=context
+    )
+    if not main:
+        return {}
     recommender.save(out / "model.pt")
     metrics = {
         "test": recommender.evaluate(candidates),

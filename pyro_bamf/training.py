@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
+from .distributed import DistributedContext
 from .evaluation import evaluate_candidates
 from .model import BAMF
 
@@ -69,6 +71,23 @@ class StepTerms:
     n_weights: int
 
 
+class NegativeELBO(nn.Module):
+    """The scaled negative ELBO of a batch as a module (so that DDP can wrap it); the traces
+    of its last call are kept in ``traces`` for :func:`step_terms`."""
+
+    def __init__(self, model: BAMF, elbo) -> None:
+        super().__init__()
+        self.model, self.elbo = model, elbo
+        self.traces = None
+
+    def forward(self, batch: Batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
+        traced_model = poutine.trace(self.model.model)
+        traced_guide = poutine.trace(self.model.guide)
+        loss = self.elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
+        self.traces = (traced_model.trace, traced_guide.trace)
+        return loss
+
+
 def svi_step(
     model: BAMF,
     elbo,
@@ -76,13 +95,18 @@ def svi_step(
     batch: Batch,
     obs_scale: float,
     kl_scale: float,
+    objective: nn.Module | None = None,
 ) -> StepTerms:
-    """One gradient step on the scaled negative ELBO; returns its terms for logging."""
-    traced_model = poutine.trace(model.model)
-    traced_guide = poutine.trace(model.guide)
+    """One gradient step on the scaled negative ELBO; returns its terms for logging.
+
+    ``objective``: a :class:`NegativeELBO` of ``model``, possibly wrapped in DDP (which
+    averages the gradients over ranks); by default a fresh one.
+    """
+    objective = NegativeELBO(model, elbo) if objective is None else objective
     optimizer.zero_grad(set_to_none=True)
-    loss = elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
-    terms = step_terms(traced_model.trace, traced_guide.trace, batch, loss.item())
+    loss = objective(batch, obs_scale, kl_scale)
+    traces = getattr(objective, "module", objective).traces
+    terms = step_terms(*traces, batch, loss.item())
     if not math.isfinite(terms.loss):
         bad = "NLL" if not math.isfinite(terms.nll) else "KL"
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
@@ -196,15 +220,29 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[EpochLog, TrainState], None] | None = None,
     resume: TrainState | None = None,
+    distributed: DistributedContext | None = None,
 ) -> FitResult:
     """Train ``model`` on ``split.train``; keep the weights of the best LOO NDCG@10 epoch.
 
     Randomness comes from torch's global generator (seed it with ``pyro.set_rng_seed``) and a
     negative-sampling generator derived from ``config.seed``. ``on_epoch(row, state)`` is
     called after every epoch with a :class:`TrainState` from which ``resume`` continues.
+    ``distributed``: train data-parallel under DDP (see :mod:`pyro_bamf.distributed`); every
+    rank evaluates the same leave-one-out pool with the same weights, so all ranks stop
+    together; global batches with fewer groups than ranks are skipped.
     """
     rng = np.random.default_rng([config.seed, 1])
     elbo = make_elbo(config)
+    objective = NegativeELBO(model, elbo)
+    ranks = 1
+    if distributed is not None and distributed.world_size > 1:
+        if resume is not None:
+            raise ValueError("resuming a distributed run is not supported: start it again")
+        ranks = distributed.world_size
+        objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+        if distributed.rank > 0:
+            torch.manual_seed(int(np.random.SeedSequence([config.seed, distributed.rank])
+                                  .generate_state(1)[0]))  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     stopper = EarlyStopping(config.patience, config.min_delta, config.warmup_epochs)
     device = next(model.parameters()).device
@@ -234,12 +272,19 @@ def fit(
         n_batches = -(-len(split.train) // groups_per_batch(config))
         batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress)
         for step, batch in enumerate(batches, 1):
+            scales = loss_scales(config, batch, weight)
+            if ranks > 1:
+                if len(batch.users) < ranks:
+                    continue
+                batch, scales = distributed.shard(batch), tuple(ranks * s for s in scales)
             batch = batch.to(device)
             try:
-                terms = svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight))
+                terms = svi_step(model, elbo, optimizer, batch, *scales, objective=objective)
             except FloatingPointError as err:
                 raise FloatingPointError(f"epoch {epoch}, step {step}: {err}") from None
             sums += (terms.nll, terms.n_examples, terms.kl, terms.n_weights)
+        if ranks > 1:
+            sums = np.array(distributed.sum(sums.tolist()))
         ndcg = evaluate_candidates(model, split, loo_candidates, ks=(10,), ties=config.ties)
         row = EpochLog(
             epoch=epoch,
