@@ -50,19 +50,34 @@ def evaluate_candidates(
     return ranking_metrics(candidates.users, candidates.labels, scores, ks=ks, ties=ties)
 
 
-def full_ranking_candidates(split, part: str = "test"):
-    """The full-ranking protocol: each user's ``part`` positives among all items the user never
-    interacted with (in any other part), labelled 1 for the positives.
+def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
+    """The full-ranking protocol in blocks of users: each user's ``part`` positives among all
+    items the user never interacted with (in any other part), labelled 1 for the positives.
 
-    Returns ``(users, items, labels)`` grouped by user.
+    Yields ``(users, items, labels)`` grouped by user, at most ``max_rows`` user x item cells
+    per block (a single user with more items than that is its own block), so memory stays
+    bounded however large ``n_users x n_items`` is; only each block's rows are dense.
     """
     positives = getattr(split, part)
     n_users, n_items = split.n_users, split.n_items
-    seen = np.zeros(n_users * n_items, dtype=bool)
-    seen[split.data.users * n_items + split.data.items] = True
-    seen[positives.users * n_items + positives.items] = False
-    keys = np.flatnonzero(~seen)
-    users, items = keys // n_items, keys % n_items
-    labels = np.zeros(len(keys), dtype=np.float32)
-    labels[np.searchsorted(keys, positives.users * n_items + positives.items)] = 1.0
-    return users, items, labels
+    seen_keys = split.data.users * n_items + split.data.items  # sorted (Interactions are)
+    part_keys = positives.users * n_items + positives.items
+    per_block = max(1, max_rows // n_items)
+    for first in range(0, n_users, per_block):
+        last = min(first + per_block, n_users)
+        base = first * n_items
+        seen = np.zeros((last - first) * n_items, dtype=bool)
+        lo, hi = np.searchsorted(seen_keys, [base, last * n_items])
+        seen[seen_keys[lo:hi] - base] = True
+        lo, hi = np.searchsorted(part_keys, [base, last * n_items])
+        seen[part_keys[lo:hi] - base] = False
+        keys = np.flatnonzero(~seen) + base
+        labels = np.zeros(len(keys), dtype=np.float32)
+        labels[np.searchsorted(keys, part_keys[lo:hi])] = 1.0
+        yield keys // n_items, keys % n_items, labels
+
+
+def full_ranking_candidates(split, part: str = "test"):
+    """All blocks of :func:`full_ranking_blocks` at once: ``(users, items, labels)``."""
+    blocks = list(full_ranking_blocks(split, part))
+    return tuple(np.concatenate(column) for column in zip(*blocks, strict=True))

@@ -18,7 +18,7 @@ from .calibration import calibration_metrics
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit
 from .distributed import DistributedContext
-from .evaluation import full_ranking_candidates, score_candidates
+from .evaluation import full_ranking_blocks, score_candidates
 from .metrics import KS, ranking_metrics
 from .model import BAMF
 from .predictive import AttentionSamples, attention_samples, logit_samples, topk_probability
@@ -206,14 +206,31 @@ class BAMFRecommender:
         """Ranking metrics on ``candidates`` (default: the config's test protocol)."""
         model, split = self._require_fitted()
         if candidates is None and self.config.eval_protocol == "full":
-            users, items, labels = full_ranking_candidates(split, "test")
-        else:
-            if candidates is None:
-                candidates = split.candidates("test", self.config.eval_negatives)
-            users, items, labels = candidates.users, candidates.items, candidates.labels
-            self._check_ids(np.asarray(users), np.asarray(items))
+            return self._evaluate_full(ks)
+        if candidates is None:
+            candidates = split.candidates("test", self.config.eval_negatives)
+        users, items, labels = candidates.users, candidates.items, candidates.labels
+        self._check_ids(np.asarray(users), np.asarray(items))
         scores = score_candidates(model, users, items, split.history_items, split.history_lengths)
         return ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
+
+    def _evaluate_full(self, ks: tuple[int, ...]) -> dict[str, float]:
+        """Full ranking, block by block of users; metrics averaged over users with positives."""
+        model, split = self._require_fitted()
+        totals: dict[str, float] = {}
+        n_users = 0
+        for users, items, labels in full_ranking_blocks(split, "test"):
+            scores = score_candidates(
+                model, users, items, split.history_items, split.history_lengths
+            )
+            block_users = len(np.unique(users[labels > 0]))
+            if block_users == 0:
+                continue
+            metrics = ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * block_users
+            n_users += block_users
+        return {key: value / n_users for key, value in totals.items()}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``state_dict`` + config + versions + data fingerprint, atomically."""

@@ -10,7 +10,7 @@ import torch
 
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
-from pyro_bamf.evaluation import full_ranking_candidates, score_candidates
+from pyro_bamf.evaluation import full_ranking_blocks, full_ranking_candidates, score_candidates
 from pyro_bamf.metrics import ranking_metrics
 from pyro_bamf.recommender import BAMFRecommender, CheckpointError
 
@@ -208,3 +208,26 @@ def test_evaluate_under_the_full_protocol_ranks_every_unseen_item(fitted, split)
     )
     expected = ranking_metrics(users, labels, scores, ks=(10,))
     assert metrics == expected
+
+
+def test_full_ranking_blocks_bound_their_rows_and_cover_every_candidate(split):
+    max_rows = 3 * split.n_items
+    blocks = list(full_ranking_blocks(split, "test", max_rows=max_rows))
+    assert len(blocks) == -(-split.n_users // 3)
+    assert all(len(users) <= max_rows for users, _, _ in blocks)
+    joined = [np.concatenate(column) for column in zip(*blocks, strict=True)]
+    for got, expected in zip(joined, full_ranking_candidates(split, "test"), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_full_protocol_in_small_blocks_gives_the_same_metrics(fitted, split, monkeypatch):
+    import functools
+
+    import pyro_bamf.recommender as recommender
+
+    full = BAMFRecommender(fitted.config.replace(eval_protocol="full"))
+    full.model, full.split = fitted.model, split
+    whole = full.evaluate(ks=(5, 10))
+    small = functools.partial(full_ranking_blocks, max_rows=4 * split.n_items)
+    monkeypatch.setattr(recommender, "full_ranking_blocks", small)
+    assert full.evaluate(ks=(5, 10)) == pytest.approx(whole, rel=1e-9)
