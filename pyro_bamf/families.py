@@ -1,15 +1,14 @@
 """Prior and guide families of the attention scores ``s_j > 0``, all parameterised by the mean.
 
 A prior of log-mean ``m`` (``E[s] = exp(m)``) and a guide located at ``psi`` (mean ``exp(psi)``);
-``sigma`` is ``prior_sigma``/``guide_sigma``, ``a`` and ``k`` are ``prior_shape``/``guide_shape``:
+``sigma`` is ``prior_sigma``/``guide_sigma``, ``a`` and ``k`` are ``prior_shape``/``guide_shape``::
 
-| family | prior | guide |
-|---|---|---|
-| ``lognormal`` | ``LogNormal(m - sigma^2/2, sigma)`` | ``LogNormal(psi - sigma^2/2, sigma)`` |
-| ``gamma`` | ``Gamma(a, a / exp(m))`` | - |
-| ``weibull`` | ``Weibull(exp(m) / G(1 + 1/k), k)`` | ``Weibull(exp(psi) / G(1 + 1/k), k)`` |
-| ``halfnormal`` | ``HalfNormal(exp(m) sqrt(pi/2))`` | - |
-| ``exponential`` | ``Exponential(exp(-m))`` | - |
+    family        prior                               guide
+    lognormal     LogNormal(m - sigma^2/2, sigma)     LogNormal(psi - sigma^2/2, sigma)
+    gamma         Gamma(a, a / exp(m))                -
+    weibull       Weibull(exp(m) / G(1 + 1/k), k)     Weibull(exp(psi) / G(1 + 1/k), k)
+    halfnormal    HalfNormal(exp(m) sqrt(pi/2))       -
+    exponential   Exponential(exp(-m))                -
 
 Importing this module registers the closed-form ``KL(Weibull(k, lam) || Gamma(a, b))`` of
 Zhang et al. (2018), used by Bayesian Attention Modules (Fan et al., NeurIPS 2020)::

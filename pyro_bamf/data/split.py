@@ -1,11 +1,13 @@
 """The paper's implicit-feedback split: leave-one-out, per-user 8:1:1, train histories, negatives.
 
 Protocol of the BAMF paper's experiments:
+
 1. one interaction per user, drawn at random, is set aside first (leave-one-out, early stopping);
 2. the rest is split per user at random into train / validation / test (8:1:1 by default), so
    every user appears in every part;
 3. user histories are built from the training part only, optionally cut to the ``max_history``
    items of highest tf-idf weight (the user's least popular training items).
+
 Negatives are drawn uniformly, with replacement, from the items a user never interacted with in
 any part.
 """
@@ -209,7 +211,9 @@ def _history(
 class ImplicitSplit:
     """Train / validation / test / leave-one-out parts, histories and negative sampling.
 
-    Build with ``ImplicitSplit.from_interactions``. Attributes:
+    Build with ``ImplicitSplit.from_interactions``.
+
+    Attributes:
         data: the Interactions after dropping users too small to split (users re-indexed).
         seed: the seed of the split (and default seed of candidate pools).
         fingerprint: sha256 hex of the source data's fingerprint and the split settings.
