@@ -18,7 +18,7 @@ import numpy as np
 
 from pyro_bamf import views
 from pyro_bamf.diagnostics import interval_widths
-from pyro_bamf.runs import item_titles, load_run, original_index
+from pyro_bamf.runs import explain_user, load_run
 
 
 def main() -> None:
@@ -32,23 +32,22 @@ def main() -> None:
     parser.add_argument("--out", default="attention.png", help=".png or .svg")
     args = parser.parse_args()
 
+    views.check_figure_path(args.out)
     rec = load_run(args.run)
-    user = original_index(rec, "user", args.user)
-    item = None if args.item is None else original_index(rec, "item", args.item)
-    titles = item_titles(rec)
-    samples = rec.attention_samples(user, item, args.samples)
-    label = None if item is None else titles.get(item, args.item)
-    views.save(views.plot_attention(samples, titles, args.top, args.user, label), args.out)
+    samples, figure, _ = explain_user(rec, args.user, args.item, args.samples, args.top)
+    views.save(figure, args.out)
     print(f"wrote {args.out}")
     print(samples.summary().head(args.top).to_string(index=False))
     if samples.probabilities is not None:
         low, high = np.quantile(samples.probabilities, [0.05, 0.95])
         print(f"P(user {args.user} likes item {args.item}): 90 % interval [{low:.4f}, {high:.4f}]")
 
-    chosen = np.random.default_rng(0).choice(rec.split.n_users, args.users, replace=False)
+    with_history = np.flatnonzero(rec.split.history_lengths > 0)
+    count = min(args.users, with_history.size)
+    chosen = np.random.default_rng(0).choice(with_history, count, replace=False)
     relative = interval_widths(rec.model, rec.split, chosen, 200)["relative"]
     print(
-        f"mean relative 90 % width across {args.users} users: mean {relative.mean():.4f}, "
+        f"mean relative 90 % width across {count} users: mean {relative.mean():.4f}, "
         f"sd {relative.std():.4f}, min {relative.min():.4f}, max {relative.max():.4f}"
     )
 

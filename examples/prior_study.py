@@ -22,7 +22,12 @@ import numpy as np
 
 from pyro_bamf import BAMFConfig
 from pyro_bamf.config import parse_overrides
-from pyro_bamf.diagnostics import attention_entropy, example_batch, interval_widths, kl_per_weight
+from pyro_bamf.diagnostics import (
+    attention_entropy,
+    example_batches,
+    interval_widths,
+    kl_per_weight,
+)
 from pyro_bamf.families import has_analytic_kl
 from pyro_bamf.runs import load_run, train_run
 
@@ -46,9 +51,9 @@ def study_row(name: str, config: BAMFConfig, out: Path, users: int, samples: int
     metrics = train_run(config, out, progress=False)
     seconds = time.perf_counter() - start
     rec = load_run(out)
-    batch = example_batch(rec.split, "loo")
     rng = np.random.default_rng(config.seed)
-    chosen = rng.choice(rec.split.n_users, size=min(users, rec.split.n_users), replace=False)
+    with_history = np.flatnonzero(rec.split.history_lengths > 0)
+    chosen = rng.choice(with_history, size=min(users, with_history.size), replace=False)
     widths = interval_widths(rec.model, rec.split, chosen, samples)
     return {
         "pair": name,
@@ -56,8 +61,8 @@ def study_row(name: str, config: BAMFConfig, out: Path, users: int, samples: int
         "ndcg@10": metrics["test"]["ndcg@10"],
         "hr@10": metrics["test"]["hr@10"],
         "ece": rec.calibration()["ece"],
-        "kl_per_weight": kl_per_weight(rec.model, batch),
-        "entropy": attention_entropy(rec.model, batch),
+        "kl_per_weight": kl_per_weight(rec.model, example_batches(rec.split, "loo")),
+        "entropy": attention_entropy(rec.model, example_batches(rec.split, "loo")),
         "width90": float(widths["absolute"].mean()),
         "relative_width90_mean": float(widths["relative"].mean()),
         "relative_width90_sd_across_users": float(widths["relative"].std()),

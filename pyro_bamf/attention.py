@@ -152,7 +152,8 @@ class GuideSpread(nn.Module):
         if self.learned:
             with torch.no_grad():
                 scorer.out.weight[1].zero_()
-                scorer.out.bias[1] = math.log(math.expm1(self.sigma - self.SIGMA_MIN))
+                excess = self.sigma - self.SIGMA_MIN  # inverse softplus, stable for any size
+                scorer.out.bias[1] = excess + math.log(-math.expm1(-excess))
 
     def split(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Score network outputs -> ``(psi (..., L), sigma (..., L) or a float)``."""

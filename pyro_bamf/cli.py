@@ -10,7 +10,7 @@ import warnings
 
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
-from .runs import evaluate_run, item_titles, load_run, original_index, train_run
+from .runs import evaluate_run, explain_user, load_run, train_run
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -59,31 +59,25 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from . import views
 
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    rec = load_run(args.run)
-    user = original_index(rec, "user", args.user)
-    item = None if args.item is None else original_index(rec, "item", args.item)
-    titles = item_titles(rec)
-    samples = rec.attention_samples(user, item, args.samples)
-    item_label = None if item is None else titles.get(item, args.item)
-    fig = views.plot_attention(samples, titles, args.top, args.user, item_label)
+    views.check_figure_path(args.out)
+    samples, fig, labels = explain_user(
+        load_run(args.run), args.user, args.item, args.samples, args.top
+    )
     report = {
         "user": args.user,
         "history_items": int(samples.history.size),
         "draws": args.samples,
         "top_attention": [
             {
-                "item": titles.get(int(row.item), str(rec.split.data.item_ids[int(row.item)])),
+                "item": labels[int(row.item)],
                 **{k: round(float(getattr(row, k)), 5) for k in ("median", "low", "high")},
             }
             for row in samples.summary().head(args.top).itertuples()
         ],  # fmt: skip
     }
-    if item is not None:
-        probability = samples.probabilities
+    if samples.probabilities is not None:
         report["item"] = args.item
-        report["probability"] = {k: float(v) for k, v in _interval(probability).items()}
+        report["probability"] = _interval(samples.probabilities)
     views.save(fig, args.out)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
@@ -100,6 +94,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from . import views
     from .calibration import calibration_metrics, reliability_bins
 
+    if args.plot:
+        views.check_figure_path(args.plot)
     rec = load_run(args.run)
     pool = rec.split.candidates("val", args.negatives)
     probabilities = rec.score(pool.users, pool.items)
@@ -157,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_explain)
 
     calibrate = commands.add_parser(
-        "calibrate", help="ECE, Brier and NLL on the pointwise validation set (JSON)"
+        "calibrate",
+        help="ECE, Brier and NLL of the plug-in probabilities sigmoid(x at E[s]) on the "
+        "pointwise validation set (JSON)",
     )
     calibrate.add_argument("--run", required=True, help="run directory written by train")
     calibrate.add_argument("--negatives", type=int, default=4, help="negatives per positive")

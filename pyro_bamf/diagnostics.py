@@ -9,6 +9,8 @@ For a batch of examples with unmasked history positions ``j``:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import torch
 from pyro import poutine
@@ -19,47 +21,61 @@ from .predictive import attention_samples
 from .training import step_terms
 
 
-def example_batch(split, part: str = "loo") -> Batch:
-    """Every positive of ``part`` as one pointwise example of its user, labels 1."""
+def example_batches(split, part: str = "loo", max_elements: int = 2**20) -> Iterator[Batch]:
+    """Every positive of ``part`` as a pointwise example of its user (label 1), in batches of
+    at most ``max_elements`` (example, history position, embedding) cells."""
     positives = getattr(split, part)
-    labels = np.ones((len(positives), 1), dtype=np.float32)
-    users, items = np.array(positives.users), np.array(positives.items)[:, None]
-    return Batch.build(users, items, split.history_items, split.history_lengths, labels)
+    width = max(int(split.history_lengths.max(initial=1)), 1)
+    per_batch = max(1, max_elements // (width * 32))
+    for start in range(0, len(positives), per_batch):
+        users = np.array(positives.users[start : start + per_batch])
+        items = np.array(positives.items[start : start + per_batch])[:, None]
+        labels = np.ones(items.shape, dtype=np.float32)
+        yield Batch.build(users, items, split.history_items, split.history_lengths, labels)
 
 
 @torch.no_grad()
-def kl_per_weight(model: BAMF, batch: Batch) -> float:
-    """Mean ``KL(guide || prior)`` per unmasked attention weight (closed form where one is
-    registered, else the one-draw estimate the ELBO uses), networks in eval mode."""
+def kl_per_weight(model: BAMF, batches: Iterable[Batch]) -> float:
+    """Mean ``KL(guide || prior)`` per unmasked attention weight over ``batches`` (closed form
+    where one is registered, else the one-draw estimate the ELBO uses), in eval mode."""
+    kl, n_weights = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        guide_trace = poutine.trace(model.guide).get_trace(batch)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
+        for batch in batches:
+            guide_trace = poutine.trace(model.guide).get_trace(batch)
+            replayed = poutine.replay(model.model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(batch)
+            terms = step_terms(model_trace, guide_trace, batch, 0.0)
+            kl, n_weights = kl + terms.kl, n_weights + terms.n_weights
     finally:
         model.train(was_training)
-    terms = step_terms(model_trace, guide_trace, batch, 0.0)
-    return terms.kl / max(terms.n_weights, 1)
+    if n_weights == 0:
+        raise ValueError("no attention weight to average: every history is empty")
+    return kl / n_weights
 
 
 @torch.no_grad()
-def attention_entropy(model: BAMF, batch: Batch) -> float:
+def attention_entropy(model: BAMF, batches: Iterable[Batch]) -> float:
     """Mean entropy (nats) of the normalised expected attention, over both modules and every
-    example with a non-empty history."""
+    example with a non-empty history in ``batches``."""
+    entropies = []
     was_training = model.training
     model.eval()
     try:
-        psi_user, psi_item = model.attention_logits(batch)
+        for batch in batches:
+            psi_user, psi_item = model.attention_logits(batch)
+            for psi in (psi_user.expand_as(batch.mask), psi_item):
+                logits = (model.config.tau * psi).masked_fill(~batch.mask, -torch.inf)
+                log_a = torch.log_softmax(logits, dim=-1)
+                terms = torch.where(batch.mask, log_a.exp() * log_a, 0.0)
+                entropies.append(-terms.sum(-1)[batch.mask.any(-1)])
     finally:
         model.train(was_training)
-    entropies = []
-    for psi in (psi_user.expand_as(batch.mask), psi_item):
-        logits = (model.config.tau * psi).masked_fill(~batch.mask, -torch.inf)
-        log_a = torch.log_softmax(logits, dim=-1)
-        terms = torch.where(batch.mask, log_a.exp() * log_a, 0.0)
-        valid = batch.mask.any(-1)
-        entropies.append(-terms.sum(-1)[valid])
-    return float(torch.cat(entropies).mean())
+    values = torch.cat(entropies) if entropies else torch.empty(0)
+    if values.numel() == 0:
+        raise ValueError("no example with a non-empty history: the entropy is undefined")
+    return float(values.mean())
 
 
 def interval_widths(
@@ -69,6 +85,8 @@ def interval_widths(
     relative to the median weight. Returns ``{"absolute": (U,), "relative": (U,)}``."""
     absolute, relative = [], []
     for user in np.asarray(users).tolist():
+        if split.history_lengths[user] == 0:
+            raise ValueError(f"user {user} has an empty history: no attention to summarise")
         samples = attention_samples(
             model, split.history_items, split.history_lengths, user, None, num_samples
         )

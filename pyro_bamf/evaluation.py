@@ -53,6 +53,7 @@ def evaluate_candidates(
 def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
     """The full-ranking protocol in blocks of users: each user's ``part`` positives among all
     items the user never interacted with (in any other part), labelled 1 for the positives.
+    Users without a ``part`` positive are left out.
 
     Yields ``(users, items, labels)`` grouped by user, at most ``max_rows`` user x item cells
     per block (a single user with more items than that is its own block), so memory stays
@@ -62,9 +63,13 @@ def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
     n_users, n_items = split.n_users, split.n_items
     seen_keys = split.data.users * n_items + split.data.items  # sorted (Interactions are)
     part_keys = positives.users * n_items + positives.items
+    has_positive = np.zeros(n_users, dtype=bool)
+    has_positive[positives.users] = True
     per_block = max(1, max_rows // n_items)
     for first in range(0, n_users, per_block):
         last = min(first + per_block, n_users)
+        if not has_positive[first:last].any():
+            continue
         base = first * n_items
         seen = np.zeros((last - first) * n_items, dtype=bool)
         lo, hi = np.searchsorted(seen_keys, [base, last * n_items])
@@ -72,6 +77,7 @@ def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
         lo, hi = np.searchsorted(part_keys, [base, last * n_items])
         seen[part_keys[lo:hi] - base] = False
         keys = np.flatnonzero(~seen) + base
+        keys = keys[has_positive[keys // n_items]]
         labels = np.zeros(len(keys), dtype=np.float32)
         labels[np.searchsorted(keys, part_keys[lo:hi])] = 1.0
         yield keys // n_items, keys % n_items, labels

@@ -7,9 +7,11 @@ records its deterministic sites::
     x = h^T(W(LN(p_u * c_u) * LN(q_i * c_i)) + b)      ("_RETURN", the logit)
     y_hat = sigmoid(x)
 
-Draws are vectorised (``parallel=True``: one extra leading sample axis) and taken in chunks so
-that at most ``max_elements`` attention weights are alive at once. The networks run in eval
-mode (no dropout: dropout regularises training, it is not posterior uncertainty).
+Draws are vectorised (``parallel=True``: one extra leading sample axis) and taken in chunks of
+at most ``max_elements`` floats per tensor, counting the ``(G, S, L)`` score and weight tensors
+and the ``(G, S, K)`` context tensors of each draw (a handful of each are alive at once). The
+networks run in eval mode (no dropout: dropout regularises training, it is not posterior
+uncertainty).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .batch import Batch, candidate_batches
 from .model import BAMF
 
 INTERVAL = 0.9
+SITES = ("user_scores", "item_scores", "user_weights", "item_weights", "_RETURN")
 
 
 @torch.no_grad()
@@ -44,10 +47,15 @@ def predictive_samples(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    unknown = set(sites) - set(SITES)
+    if unknown:
+        raise ValueError(f"unknown sites {sorted(unknown)}: choose from {SITES}")
     if batch.labels is None:
         batch = Batch(batch.users, batch.items, batch.history, batch.mask,
                       torch.zeros(batch.items.shape, device=batch.items.device))  # fmt: skip
-    chunk = max(1, min(num_samples, max_elements // max(batch.mask.numel(), 1)))
+    groups, size, length = batch.mask.shape
+    per_draw = groups * size * max(length, model.config.embedding_dim, 1)
+    chunk = max(1, min(num_samples, max_elements // per_draw))
     draws: dict[str, list[torch.Tensor]] = defaultdict(list)
     was_training = model.training
     model.eval()
@@ -70,6 +78,8 @@ def _site_dims(site: str, batch: Batch) -> int:
 
 def summarize(samples: np.ndarray, interval: float = INTERVAL) -> dict[str, np.ndarray]:
     """Mean, median and the central ``interval`` (default 90 %) over the first axis."""
+    if not 0 < interval < 1:
+        raise ValueError(f"interval must lie in (0, 1), got {interval}")
     tail = (1.0 - interval) / 2
     low, median, high = np.quantile(samples, [tail, 0.5, 1.0 - tail], axis=0)
     return {"mean": samples.mean(0), "median": median, "low": low, "high": high}

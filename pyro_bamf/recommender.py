@@ -180,22 +180,25 @@ class BAMFRecommender:
         self, user: int, k: int = 10, items=None, num_samples: int = 200
     ) -> tuple[np.ndarray, np.ndarray]:
         """``P(i in the user's top k)`` over posterior draws, ranking ``items`` (default: every
-        item the user has no training interaction with). Returns ``(items, probability)``
-        sorted by probability, highest first."""
-        _, split = self._require_fitted()
+        item the user has no training interaction with) by their sampled logits (probabilities
+        saturate to 1.0 in float32). Returns ``(items, probability)``, highest first."""
+        model, split = self._require_fitted()
         if items is None:
-            items = np.setdiff1d(
-                np.arange(split.n_items), split.train.items[split.train.users == user]
-            )
+            seen = split.train.items[split.train.users == user]
+            items = np.setdiff1d(np.arange(split.n_items), seen)
         items = np.asarray(items, dtype=np.int64).ravel()
-        draws = self.score_samples(user, items, num_samples)
-        probability = topk_probability(draws, k)
+        self._check_ids(np.array([user]), items)
+        logits = logit_samples(
+            model, split.history_items, split.history_lengths, user, items, num_samples
+        )
+        probability = topk_probability(logits, k)
         order = np.argsort(-probability, kind="stable")
         return items[order], probability[order]
 
     def calibration(self, negatives: int = 4, n_bins: int = 15) -> dict[str, float]:
-        """ECE, Brier score and NLL of the expected-score probabilities on the validation
-        positives with ``negatives`` sampled negatives each (the pointwise validation set)."""
+        """ECE, Brier score and NLL on the validation positives with ``negatives`` sampled
+        negatives each (the pointwise validation set), of the plug-in probabilities
+        ``sigmoid(x)`` at the expected scores ``E[s]`` (what :meth:`score` returns)."""
         _, split = self._require_fitted()
         pool = split.candidates("val", negatives)
         return calibration_metrics(self.score(pool.users, pool.items), pool.labels, n_bins)
@@ -224,12 +227,12 @@ class BAMFRecommender:
                 model, users, items, split.history_items, split.history_lengths
             )
             block_users = len(np.unique(users[labels > 0]))
-            if block_users == 0:
-                continue
             metrics = ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * block_users
             n_users += block_users
+        if n_users == 0:
+            raise ValueError("the full-ranking protocol found no user with a test positive")
         return {key: value / n_users for key, value in totals.items()}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -252,8 +255,14 @@ class BAMFRecommender:
             torch.save(payload, tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, split: ImplicitSplit) -> BAMFRecommender:
-        """Rebuild a saved recommender on ``split``, which must be the data it was trained on."""
+    def load(
+        cls, path: str | os.PathLike, split: ImplicitSplit, config: BAMFConfig | None = None
+    ) -> BAMFRecommender:
+        """Rebuild a saved recommender on ``split``, which must be the data it was trained on.
+
+        ``config`` replaces the saved configuration (e.g. another ``device``); it must build
+        the same networks.
+        """
         path = Path(path)
         payload = load_checked(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -274,7 +283,7 @@ class BAMFRecommender:
                 stacklevel=2,
             )
         try:
-            rec = cls(BAMFConfig.from_dict(payload["config"]))
+            rec = cls(config or BAMFConfig.from_dict(payload["config"]))
         except ValueError as err:
             raise CheckpointError(f"checkpoint {path} holds an invalid config: {err}") from None
         rec.split = split

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,10 @@ def train_run(
         context = init_distributed(recommender.check_device())
     if context is None:
         return _train(config, out, split, recommender, progress, log_epochs, state, fingerprint)
-    finished = False
     try:
-        metrics = _train(config, out, split, recommender, progress, log_epochs, None, None, context)
-        finished = True
-        return metrics
+        return _train(config, out, split, recommender, progress, log_epochs, None, None, context)
     finally:
-        finish_distributed(wait=finished)
+        finish_distributed()
 
 
 def _train(config, out, split, recommender, progress, log_epochs, state, fingerprint, context=None):
@@ -122,7 +120,11 @@ def _train(config, out, split, recommender, progress, log_epochs, state, fingerp
         if not main:
             return
         write_history(out / "history.csv", train_state.history)
-        payload = {**train_state.to_dict(), "data_fingerprint": split.fingerprint}
+        payload = {
+            **train_state.to_dict(),
+            "data_fingerprint": split.fingerprint,
+            "world_size": 1 if context is None else context.world_size,
+        }
         with atomic_path(out / CHECKPOINT) as tmp:
             torch.save(payload, tmp)
         if log_epochs:
@@ -165,9 +167,15 @@ def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
     try:
         payload = load_checked(out / CHECKPOINT)
         fingerprint = payload.pop("data_fingerprint")
+        world_size = payload.pop("world_size", 1)
         state = TrainState.from_dict(payload)
     except Exception as err:  # truncated or foreign files raise many types
         raise ValueError(f"cannot resume {out}: {CHECKPOINT} is unreadable: {err}") from None
+    if world_size != 1:
+        raise ValueError(
+            f"cannot resume {out}: it was trained by {world_size} distributed ranks, and "
+            "distributed runs cannot be resumed; start it again"
+        )
     return BAMFConfig.from_toml(out / "config.toml"), state, fingerprint
 
 
@@ -180,7 +188,11 @@ def load_run(run: str | Path) -> BAMFRecommender:
         if not (run / name).is_file():
             raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
     config = BAMFConfig.from_toml(run / "config.toml")
-    return BAMFRecommender.load(run / "model.pt", build_split(config))
+    if config.device == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"run {run} was trained on CUDA; no GPU here, loading it on the CPU",
+                      stacklevel=2)  # fmt: skip
+        config = config.replace(device="cpu")
+    return BAMFRecommender.load(run / "model.pt", build_split(config), config)
 
 
 def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
@@ -189,6 +201,35 @@ def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
     saved = json.loads((Path(run) / "metrics.json").read_text())
     candidates = evaluation_pool(recommender.config, recommender.split)
     return recommender.evaluate(candidates), saved
+
+
+def item_labels(recommender: BAMFRecommender) -> dict[int, str]:
+    """Item index -> its title where ``movies.csv`` has one, else its original id."""
+    titles = item_titles(recommender)
+    ids = recommender.split.data.item_ids.tolist()
+    return {index: titles.get(index, str(raw)) for index, raw in enumerate(ids)}
+
+
+def explain_user(
+    recommender: BAMFRecommender,
+    user: str,
+    item: str | None = None,
+    num_samples: int = 1000,
+    top: int = 20,
+):
+    """Posterior draws of the attention of ``user`` (original id; with a target ``item``) and
+    their figure: ``(samples, figure, labels)``, ``labels`` mapping item index -> name."""
+    from . import views
+
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    index = original_index(recommender, "user", user)
+    target = None if item is None else original_index(recommender, "item", item)
+    labels = item_labels(recommender)
+    samples = recommender.attention_samples(index, target, num_samples)
+    item_label = None if target is None else labels[target]
+    figure = views.plot_attention(samples, labels, top, user, item_label)
+    return samples, figure, labels
 
 
 def item_titles(recommender: BAMFRecommender) -> dict[int, str]:

@@ -107,6 +107,12 @@ def svi_step(
     loss = objective(batch, obs_scale, kl_scale)
     traces = getattr(objective, "module", objective).traces
     terms = step_terms(*traces, batch, loss.item())
+    if isinstance(objective, nn.parallel.DistributedDataParallel):
+        # every rank must take the same branch, or the others hang in the gradient all-reduce
+        total = torch.tensor([terms.loss], dtype=torch.float64, device=loss.device)
+        torch.distributed.all_reduce(total)
+        if not math.isfinite(float(total)) and math.isfinite(terms.loss):
+            raise FloatingPointError("non-finite loss on another rank")
     if not math.isfinite(terms.loss):
         bad = "NLL" if not math.isfinite(terms.nll) else "KL"
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")

@@ -115,11 +115,18 @@ def plot_reliability(bins: Mapping[str, np.ndarray], metrics: Mapping[str, float
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` (``.png`` or ``.svg``) atomically; returns the path."""
+def check_figure_path(path: str | os.PathLike) -> Path:
+    """``path`` if it names a format :func:`save` writes, else ``ValueError`` (check before
+    long computations)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"figure file {path} must end in one of {FORMATS}")
+    return path
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (``.png`` or ``.svg``) atomically; returns the path."""
+    path = check_figure_path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=150, bbox_inches="tight")
     return path

@@ -21,6 +21,11 @@ from pyro_bamf.distributed import finish_distributed, init_distributed
 from pyro_bamf.training import NegativeELBO, loss_scales, make_elbo, svi_step
 
 
+def keys(batch) -> list[list[int]]:
+    """(user, item of each example) per group."""
+    return [[int(u), *map(int, row)] for u, row in zip(batch.users, batch.items, strict=True)]
+
+
 def flat(values) -> torch.Tensor:
     return torch.cat([v.detach().reshape(-1) for v in values])
 
@@ -70,6 +75,8 @@ def main(out: Path) -> None:
         "world_size": ranks,
         "shard_groups": len(context.shard(batch).users),
         "global_groups": len(batch.users),
+        "shard_keys": keys(context.shard(batch)),
+        "global_keys": keys(batch),
         "single_loss": single_loss.item(),
         "summed_loss": summed_loss,
         "grad_max_abs_diff": float((single_grad - ddp_grad).abs().max()),

@@ -161,6 +161,9 @@ def test_explain_writes_a_figure_and_prints_intervals(run_dir, tmp_path, capsys)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(capsys.readouterr().out)
     assert len(report["top_attention"]) == 5
+    # synthetic items have no titles: they are named by their original ids
+    original = {str(i) for i in rec.split.data.item_ids.tolist()}
+    assert all(row["item"] in original for row in report["top_attention"])
     assert report["history_items"] == rec.split.history_lengths[3] - 1  # the target is dropped
     interval = report["probability"]
     assert 0 < interval["low"] <= interval["median"] <= interval["high"] < 1
@@ -175,7 +178,7 @@ def test_explain_writes_a_figure_and_prints_intervals(run_dir, tmp_path, capsys)
         (["--user", "999999"], "unknown user id"),
         (["--user", "abc"], "not an integer"),
         (["--user", "1", "--samples", "0"], "num_samples"),
-        (["--user", "1", "--top", "0"], "--top"),
+        (["--user", "1", "--top", "0"], "top must be >= 1"),
     ],
 )
 def test_explain_bad_arguments_exit_2_and_write_nothing(run_dir, tmp_path, capsys, extra, message):
@@ -194,9 +197,16 @@ def test_explain_refuses_an_unknown_figure_format(run_dir, tmp_path, capsys):
 
 def test_calibrate_prints_metrics_and_a_reliability_diagram(run_dir, tmp_path, capsys):
     plot = tmp_path / "reliability.png"
+    from pyro_bamf.runs import load_run
+
     assert main(["calibrate", "--run", str(run_dir), "--plot", str(plot)]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) == {"ece", "brier", "nll", "n", "positive_rate", "mean_probability"}
+    assert metrics == pytest.approx(load_run(run_dir).calibration())
     assert metrics["positive_rate"] == pytest.approx(0.2)  # 1 positive : 4 negatives
-    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["brier"] <= 1
-    assert plot.stat().st_size > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrate_refuses_a_bad_plot_name_before_printing(run_dir, tmp_path, capsys):
+    assert main(["calibrate", "--run", str(run_dir), "--plot", str(tmp_path / "r.jpg")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and ".png" in captured.err

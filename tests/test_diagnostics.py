@@ -10,7 +10,12 @@ import torch
 
 from pyro_bamf import BAMF, BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
-from pyro_bamf.diagnostics import attention_entropy, example_batch, interval_widths, kl_per_weight
+from pyro_bamf.diagnostics import (
+    attention_entropy,
+    example_batches,
+    interval_widths,
+    kl_per_weight,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +33,32 @@ def flat_model(split, **overrides) -> BAMF:
     return model
 
 
-def test_example_batch_holds_one_labelled_example_per_positive(split):
-    batch = example_batch(split, "loo")
-    assert batch.items.shape == (len(split.loo), 1)
-    assert torch.all(batch.labels == 1)
+def example_batch(split):
+    (batch,) = example_batches(split, "loo")
+    return batch
+
+
+def test_example_batches_hold_every_positive_once_with_label_1(split):
+    batches = list(example_batches(split, "loo", max_elements=15 * 32 * 7))
+    assert len(batches) == -(-len(split.loo) // 7)
+    users = np.concatenate([b.users.numpy() for b in batches])
+    items = np.concatenate([b.items[:, 0].numpy() for b in batches])
+    np.testing.assert_array_equal(users, split.loo.users)
+    np.testing.assert_array_equal(items, split.loo.items)
+    assert all(torch.all(b.labels == 1) for b in batches)
+
+
+def test_batched_summaries_equal_the_single_batch_ones(split):
+    model = flat_model(split)
+    for parameter in model.parameters():
+        parameter.data.add_(0.2 * torch.randn_like(parameter))
+    small = 15 * 32 * 7
+    assert kl_per_weight(model, example_batches(split, max_elements=small)) == pytest.approx(
+        kl_per_weight(model, [example_batch(split)]), rel=1e-6
+    )
+    assert attention_entropy(model, example_batches(split, max_elements=small)) == pytest.approx(
+        attention_entropy(model, [example_batch(split)]), rel=1e-6
+    )
 
 
 def test_kl_per_weight_matches_the_lognormal_closed_form(split):
@@ -39,7 +66,7 @@ def test_kl_per_weight_matches_the_lognormal_closed_form(split):
     qs, ps = 0.2, 1.0
     mq, mp = 0.4 - qs**2 / 2, 1.0 - ps**2 / 2
     expected = math.log(ps / qs) + (qs**2 + (mq - mp) ** 2) / (2 * ps**2) - 0.5
-    assert kl_per_weight(model, example_batch(split)) == pytest.approx(expected, rel=1e-5)
+    assert kl_per_weight(model, [example_batch(split)]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_flat_attention_has_the_entropy_of_a_uniform_distribution(split):
@@ -47,14 +74,17 @@ def test_flat_attention_has_the_entropy_of_a_uniform_distribution(split):
     batch = example_batch(split)
     lengths = batch.mask.sum(-1).double()
     expected = float(torch.log(lengths[lengths > 0]).mean())
-    assert attention_entropy(model, batch) == pytest.approx(expected, rel=1e-5)
+    assert attention_entropy(model, [batch]) == pytest.approx(expected, rel=1e-5)
 
 
-def test_fixed_sigma_gives_one_relative_width_for_every_user(split):
+def test_fixed_sigma_relative_widths_follow_the_log_normal_law(split):
     model = flat_model(split, guide_sigma=0.1, beta=0.5)
     users = np.arange(6)
     widths = interval_widths(model, split, users, num_samples=4000)
     assert widths["absolute"].shape == (6,)
-    # flat psi and fixed sigma: alpha_j / median is nearly the same law for every user
-    assert widths["relative"].std() < 0.02
-    assert np.all(widths["relative"] > 0.1)
+    # log alpha_j = log s_j - beta log sum_l s_l with s_j i.i.d. LogNormal(., 0.1): to first
+    # order its SD is 0.1 sqrt(1 - (2 beta - beta^2) / L), and a log-normal's 90 % interval
+    # over its median is 2 sinh(1.645 SD)
+    lengths = split.history_lengths[users]
+    sd = 0.1 * np.sqrt(1 - (2 * 0.5 - 0.25) / lengths)
+    np.testing.assert_allclose(widths["relative"], 2 * np.sinh(1.6449 * sd), atol=0.008)

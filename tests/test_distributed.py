@@ -33,6 +33,9 @@ def ranks(tmp_path_factory) -> list[dict]:
 def test_ranks_train_on_disjoint_halves_of_the_global_batch(ranks):
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert sum(r["shard_groups"] for r in ranks) == ranks[0]["global_groups"]
+    shards = [sorted(map(tuple, r["shard_keys"])) for r in ranks]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == sorted(map(tuple, ranks[0]["global_keys"]))
 
 
 def test_summed_shard_loss_matches_the_single_process_loss(ranks):

@@ -91,11 +91,20 @@ def test_predictive_mean_approaches_the_expected_score_prediction_as_sigma_shrin
     assert gaps[2] < 1e-3
 
 
-def test_predictive_leaves_the_train_mode_and_param_store_usable(split):
+def test_predictive_restores_train_mode_and_leaves_the_parameters_alone(split):
     model = make_model(split)
     model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     predictive_samples(model, candidates(split), 3)
     assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unknown_sites_and_intervals_are_errors(split):
+    with pytest.raises(ValueError, match="unknown sites"):
+        predictive_samples(make_model(split), candidates(split), 3, sites=("user_weight",))
+    with pytest.raises(ValueError, match="interval"):
+        summarize(np.zeros((4, 2)), interval=1.0)
 
 
 def test_attention_samples_drop_the_target_from_the_history(split):
@@ -169,21 +178,20 @@ def test_recommender_topk_probability_ranks_unseen_items(split):
     assert len(items) == split.n_items - len(seen)
     assert probability.sum() == pytest.approx(5.0)
     assert np.all(np.diff(probability) <= 0)
+
     with pytest.raises(ValueError, match="unknown item"):
         rec.score_samples(2, [split.n_items])
     with pytest.raises(ValueError, match="num_samples"):
         rec.attention_samples(2, num_samples=0)
 
 
-def test_learned_spread_starts_at_guide_sigma_and_is_trained(split):
+def test_learned_spread_varies_per_weight_and_is_trained(split):
     model = make_model(split, guide_spread="learned", guide_sigma=0.1)
-    model.user_scorer.out.weight.data[1].zero_()
-    model.user_scorer.out.bias.data[1] = math.log(math.expm1(0.1 - 1e-3))
     batch = candidates(split)
     (_, sigma_user), (_, sigma_item) = model.attention_posterior(batch)
     assert sigma_user.shape == (3, 1, batch.mask.shape[-1])
-    assert torch.allclose(sigma_user, torch.tensor(0.1))
-    assert float(sigma_item.detach().std()) > 0  # perturbed away from the initialisation
+    assert sigma_item.shape == batch.mask.shape
+    assert float(sigma_item.detach().std()) > 0  # depends on (q, k) once w_2 is not 0
     labels = np.zeros(tuple(batch.items.shape), dtype=np.float32)
     labels[:, 0] = 1
     batch = Batch(batch.users, batch.items, batch.history, batch.mask, torch.tensor(labels))
@@ -195,13 +203,14 @@ def test_learned_spread_starts_at_guide_sigma_and_is_trained(split):
     assert model.user_scorer.out.weight.grad[1].abs().sum() > 0
 
 
-def test_fresh_learned_spread_equals_guide_sigma(split):
-    config = BAMFConfig(embedding_dim=8, guide_spread="learned", guide_sigma=0.25)
+@pytest.mark.parametrize("sigma", [0.0015, 0.25, 3.0, 1000.0])
+def test_fresh_learned_spread_equals_guide_sigma(split, sigma):
+    config = BAMFConfig(embedding_dim=8, guide_spread="learned", guide_sigma=sigma)
     model = BAMF(split.n_users, split.n_items, config)
     (_, sigma_user), (_, sigma_item) = model.attention_posterior(candidates(split))
-    assert torch.allclose(sigma_user, torch.tensor(0.25)) and torch.allclose(
-        sigma_item, torch.tensor(0.25)
-    )
+    expected = torch.tensor(sigma)
+    assert torch.allclose(sigma_user, expected, rtol=1e-5)
+    assert torch.allclose(sigma_item, expected, rtol=1e-5)
 
 
 def test_learned_spread_needs_the_lognormal_guide():
@@ -209,3 +218,14 @@ def test_learned_spread_needs_the_lognormal_guide():
         BAMFConfig(guide_spread="learned", guide_family="weibull")
     with pytest.raises(ConfigError, match="guide_spread"):
         BAMFConfig(guide_spread="wide")
+
+
+def test_topk_probability_ranks_logits_that_would_saturate_as_probabilities(split, monkeypatch):
+    import pyro_bamf.recommender as recommender
+
+    rec = BAMFRecommender(BAMFConfig(embedding_dim=8))
+    rec.model, rec.split = make_model(split), split
+    draws = np.array([[17.0, 18.0, 25.0]] * 4, dtype=np.float32)  # sigmoid: 1.0 in float32
+    monkeypatch.setattr(recommender, "logit_samples", lambda *args: draws)
+    items, probability = rec.topk_probability(0, k=1, items=[3, 4, 5])
+    assert items[0] == 5 and probability[0] == 1.0
