@@ -87,6 +87,7 @@ def stray_parts(run: Path) -> list[str]:
 def load_train_state(run: Path) -> TrainState:
     payload = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
     payload.pop("data_fingerprint")
+    assert payload.pop("world_size") == 1
     return TrainState.from_dict(payload)
 
 
@@ -360,3 +361,12 @@ def test_missing_test_candidates_file_is_refused_before_training(tmp_path):
     with pytest.raises(DataError, match="no such candidates file"):
         train_run(config, out, progress=False, log_epochs=False)
     assert not (out / "history.csv").exists(), "an epoch was trained before the check"
+
+
+def test_a_distributed_checkpoint_is_not_resumed(killed_and_resumed, tmp_path, capsys):
+    run = tmp_path / "ddp"
+    shutil.copytree(killed_and_resumed["snapshot"], run)
+    payload = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    torch.save({**payload, "world_size": 2}, run / CHECKPOINT)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "distributed runs cannot be resumed" in capsys.readouterr().err
