@@ -11,7 +11,8 @@ import json
 import tomllib
 from pathlib import Path
 
-# The authors' figures (protocol.md): best LOO NDCG@10 (epoch), HR@10, NDCG@10, MAP@10, recall@10.
+# The authors' figures (the paper's repository README): best LOO NDCG@10 (epoch), HR@10,
+# NDCG@10, MAP@10, recall@10.
 PAPER = {
     ("pointwise", "concat"): (0.6051, 4, 0.9426, 0.4770, 0.2751, 0.4158),
     ("pointwise", "prod"): (0.6040, 10, 0.9557, 0.5126, 0.2969, 0.4412),

@@ -2,7 +2,7 @@
 print one table (NDCG@10, HR@10, ECE, mean KL per weight, mean attention entropy, mean 90 %
 interval width of the weights, seconds).
 
-    python examples/prior_study.py --data ~/.cache/pyro-bamf/ml-latest-small --epochs 2 \
+    python examples/prior_study.py --data movielens --epochs 2 \
         --out runs/prior_study
 
 Every pair starts from examples/configs/pointwise_concat.toml with the KL weight at full
@@ -87,9 +87,8 @@ def main() -> None:
     unknown = [name for name in names if name not in PAIRS]
     if unknown:
         parser.error(f"unknown pairs {unknown}; choose from {list(PAIRS)}")
-    base = BAMFConfig.from_toml(args.config).replace(
-        max_epochs=args.epochs, kl_anneal_epochs=0, **parse_overrides(args.set)
-    )
+    base = BAMFConfig.from_toml(args.config).replace(max_epochs=args.epochs, kl_anneal_epochs=0)
+    base = base.replace(**parse_overrides(args.set))
     if args.data:
         base = base.replace(data=args.data)
     out = Path(args.out)

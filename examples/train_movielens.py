@@ -1,7 +1,7 @@
 """Train and evaluate BAMF on MovieLens from Python, through the public API.
 
     python examples/train_movielens.py --config examples/configs/pointwise_concat.toml \
-        --data ~/.cache/pyro-bamf/ml-latest-small --max-epochs 30 --save runs/pc.pt
+        --data movielens --max-epochs 30 --save runs/pc.pt
 """
 
 from __future__ import annotations

@@ -47,9 +47,7 @@ def main() -> None:
     for a, b in EDGES:
         (xa, ya, ha), (xb, yb, hb) = centres[a], centres[b]
         start, end = (xa, ya - ha / 2 - 0.01), (xb, yb + hb / 2 + 0.01)
-        ax.add_patch(
-            FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#555")
-        )
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#555"))
     ax.text(0.0, 0.46, "prior s_j ~ LogNormal(m - 1/2, 1)\nalpha = s^tau / (sum s^tau)^beta",
             fontsize=7, color="#8c2b2b")  # fmt: skip
     fig.savefig(Path("docs/figures/architecture.svg"), format="svg", bbox_inches="tight")
