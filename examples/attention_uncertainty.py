@@ -18,7 +18,7 @@ import numpy as np
 
 from pyro_bamf import views
 from pyro_bamf.diagnostics import interval_widths
-from pyro_bamf.runs import explain_user, load_run
+from pyro_bamf.runs import explain_user, item_labels, load_run
 
 
 def main() -> None:
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20, help="history items shown")
     parser.add_argument("--users", type=int, default=100, help="users for the width spread")
     parser.add_argument("--out", default="attention.png", help=".png or .svg")
+    parser.add_argument("--recommend-out", help="also draw the score intervals of the top 10")
     args = parser.parse_args()
 
     views.check_figure_path(args.out)
@@ -37,6 +38,16 @@ def main() -> None:
     samples, figure, _ = explain_user(rec, args.user, args.item, args.samples, args.top)
     views.save(figure, args.out)
     print(f"wrote {args.out}")
+    if args.recommend_out:
+        items, _ = rec.recommend(samples.user, k=10)
+        draws = rec.score_samples(samples.user, items, 200)
+        # P(in the top 10 among every unseen item), for the ten listed
+        ranked, probability = rec.topk_probability(samples.user, k=10, num_samples=200)
+        p_top = dict(zip(ranked.tolist(), probability, strict=True))
+        listed = np.array([p_top[item] for item in items.tolist()])
+        figure = views.plot_score_intervals(items, draws, listed, item_labels(rec), k=10)
+        views.save(figure, args.recommend_out)
+        print(f"wrote {args.recommend_out}")
     print(samples.summary().head(args.top).to_string(index=False))
     if samples.probabilities is not None:
         low, high = np.quantile(samples.probabilities, [0.05, 0.95])

@@ -229,3 +229,17 @@ def test_topk_probability_ranks_logits_that_would_saturate_as_probabilities(spli
     monkeypatch.setattr(recommender, "logit_samples", lambda *args: draws)
     items, probability = rec.topk_probability(0, k=1, items=[3, 4, 5])
     assert items[0] == 5 and probability[0] == 1.0
+
+
+def test_score_interval_figure_lists_every_item_with_its_topk_probability():
+    from pyro_bamf import views
+
+    draws = np.random.default_rng(0).random((50, 3))
+    figure = views.plot_score_intervals(
+        np.array([7, 8, 9]), draws, np.array([0.9, 0.5, 0.1]), {7: "Heat (1995)"}, k=10
+    )
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels == ["Heat (1995)  [P(top 10) 0.90]", "8  [P(top 10) 0.50]",
+                      "9  [P(top 10) 0.10]"]  # fmt: skip
+    top_row = max(t.get_position()[1] for t in figure.axes[0].get_yticklabels())
+    assert figure.axes[0].get_yticks()[0] == top_row  # the list's first item is drawn on top
