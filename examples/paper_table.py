@@ -28,7 +28,9 @@ def row(run: Path) -> str:
     key = (config["learning"], config["score_fn"])
     ours = [metrics["test"][c] for c in COLUMNS]
     loo = f"{metrics['best_loo_ndcg@10']:.4f} (epoch {metrics['best_epoch']})"
-    cells = [f"{config['learning']} {config['score_fn']} ({config['kl_weight']})", loo]
+    reduction = config.get("loss_reduction", "mean")  # runs older than the key used the mean
+    label = f"{config['learning']} {config['score_fn']} (KL {config['kl_weight']}, {reduction})"
+    cells = [label, loo]
     cells += [f"{v:.4f}" for v in ours]
     cells += [f"{metrics['epochs_run']}", f"{metrics['train_seconds_per_epoch_median']:.0f}"]
     if key in PAPER and config["kl_weight"] == "mean":
