@@ -18,7 +18,7 @@ import numpy as np
 
 from pyro_bamf import views
 from pyro_bamf.diagnostics import interval_widths
-from pyro_bamf.runs import explain_user, item_labels, load_run
+from pyro_bamf.runs import explain_user, load_run
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
 
     views.check_figure_path(args.out)
     rec = load_run(args.run)
-    samples, figure, _ = explain_user(rec, args.user, args.item, args.samples, args.top)
+    samples, figure, labels = explain_user(rec, args.user, args.item, args.samples, args.top)
     views.save(figure, args.out)
     print(f"wrote {args.out}")
     if args.recommend_out:
@@ -45,10 +45,12 @@ def main() -> None:
         ranked, probability = rec.topk_probability(samples.user, k=10, num_samples=200)
         p_top = dict(zip(ranked.tolist(), probability, strict=True))
         listed = np.array([p_top[item] for item in items.tolist()])
-        figure = views.plot_score_intervals(items, draws, listed, item_labels(rec), k=10)
+        figure = views.plot_score_intervals(items, draws, listed, labels, k=10)
         views.save(figure, args.recommend_out)
         print(f"wrote {args.recommend_out}")
-    print(samples.summary().head(args.top).to_string(index=False))
+    table = samples.summary().head(args.top)
+    table["item"] = [labels[int(i)] for i in table["item"]]
+    print(table.to_string(index=False))
     if samples.probabilities is not None:
         low, high = np.quantile(samples.probabilities, [0.05, 0.95])
         print(f"P(user {args.user} likes item {args.item}): 90 % interval [{low:.4f}, {high:.4f}]")
