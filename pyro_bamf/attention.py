@@ -40,14 +40,46 @@ def dropout_keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]
     return keep.view(shape), threshold / 65536
 
 
-def _eval_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, out_b):
-    """``w^T ReLU(LN(A(q, k))) + b`` without dropout: the evaluation path of ScoreNetwork."""
+def _eval_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, out_b, eps):
+    """``w^T ReLU(LN(A(q, k))) + b`` without dropout: the eager evaluation path of ScoreNetwork."""
     if key_w is not None:
         hidden = nn.functional.linear(query, query_w, query_b).unsqueeze(-2) + keys @ key_w.T
     else:
         hidden = nn.functional.linear(query.unsqueeze(-2) * keys, query_w, query_b)
-    hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:], norm_w, norm_b)
+    hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:], norm_w, norm_b, eps)
     return _squeeze(nn.functional.linear(torch.relu(hidden), out_w, out_b))
+
+
+def _split_norm_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, out_b, eps):
+    """:func:`_eval_scores` for ``torch.compile``; ``concat`` never forms the pair features.
+
+    With ``A = a_q + a_k`` (``a_q = W_q q + b``, ``a_k = W_k k``), centred parts ``a~`` and
+    ``K`` features, the layer norm only needs
+
+        mean(A) = mean(a_q) + mean(a_k)
+        var(A)  = var(a_q) + var(a_k) + 2 a~_q . a~_k / K        (one bmm per group)
+
+    and inductor fuses scale, shift, ReLU and the projection (a sum per output row, not a
+    matmul) into one pass over ``K`` per (query, key) pair: ~5x faster than compiling
+    :func:`_eval_scores`. Eager, the broadcasts make it slower than :func:`_eval_scores`;
+    ``prod`` has no such split and takes the plain path.
+    """
+    if key_w is None:
+        return _eval_scores(query, keys, query_w, query_b, key_w, norm_w, norm_b, out_w, out_b, eps)
+    query_part = nn.functional.linear(query, query_w, query_b)
+    key_part = keys @ key_w.T
+    query_part = query_part - query_part.mean(-1, keepdim=True)
+    key_part = key_part - key_part.mean(-1, keepdim=True)
+    covariance = torch.einsum("...k,...lk->...l", query_part, key_part)
+    variance = (
+        query_part.square().mean(-1, keepdim=True)
+        + key_part.square().mean(-1)
+        + (2.0 / query_part.shape[-1]) * covariance
+    )
+    scale = torch.rsqrt(variance + eps).unsqueeze(-1) * norm_w
+    hidden = torch.relu((query_part.unsqueeze(-2) + key_part) * scale + norm_b)
+    projected = torch.stack([(hidden * row).sum(-1) for row in out_w], -1) + out_b
+    return _squeeze(projected)
 
 
 def _squeeze(outputs: torch.Tensor) -> torch.Tensor:
@@ -59,14 +91,10 @@ _compiled_eval_scores = None
 
 
 def compiled_eval_scores():
-    """``_eval_scores`` through ``torch.compile`` (built on first use, dynamic shapes).
-
-    Inductor fuses the pair-wise add, layer norm, ReLU and output projection into one loop:
-    3-4x faster scoring without autograd on CPU. Training gains nothing from it (measured).
-    """
+    """:func:`_split_norm_scores` through ``torch.compile`` (built on first use, dynamic shapes)."""
     global _compiled_eval_scores
     if _compiled_eval_scores is None:
-        _compiled_eval_scores = torch.compile(_eval_scores, dynamic=True)
+        _compiled_eval_scores = torch.compile(_split_norm_scores, dynamic=True)
     return _compiled_eval_scores
 
 
@@ -106,7 +134,7 @@ class ScoreNetwork(nn.Module):
             key_w = None if self.key is None else self.key.weight
             return scores(
                 query, keys, self.query.weight, self.query.bias, key_w,
-                self.norm.weight, self.norm.bias, self.out.weight, self.out.bias,
+                self.norm.weight, self.norm.bias, self.out.weight, self.out.bias, self.norm.eps,
             )  # fmt: skip
         if self.key is not None:
             hidden = self.query(query).unsqueeze(-2) + self.key(keys)

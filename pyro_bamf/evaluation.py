@@ -19,25 +19,33 @@ def score_candidates(
     history_lengths: np.ndarray,
     group_size: int = 100,
 ) -> np.ndarray:
-    """Expected logits ``x(u, i)`` for candidate rows grouped by user, ``float32 (N,)``.
+    """Expected logits ``x(u, i)`` for candidate rows ``users, items (N,)``, ``float32 (N,)``.
 
-    The logit orders candidates like the predicted probability without float saturation ties.
-    The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
+    A (user, item) pair's logit does not depend on the other candidates, so each distinct
+    pair is scored once (repeated pairs are common in test pools of heavy users: 1.0M rows,
+    0.77M distinct, on ml-latest-small) and copied to its rows. The logit orders candidates
+    like the predicted probability without float saturation ties. The model is put in eval
+    mode (no dropout) and restored to its previous mode afterwards.
     """
+    users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    if len(users) == 0:
+        return np.empty(0, dtype=np.float32)
+    pairs, rows = np.unique(users * (int(items.max()) + 1) + items, return_inverse=True)
+    unique_users, unique_items = np.divmod(pairs, int(items.max()) + 1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    scores = np.empty(len(users), dtype=np.float32)
+    scores = np.empty(len(pairs), dtype=np.float32)
     try:
-        for batch, rows in candidate_batches(
-            users, items, history_items, history_lengths, group_size
+        for batch, block in candidate_batches(
+            unique_users, unique_items, history_items, history_lengths, group_size
         ):
             logits = model.expected_logits(batch.to(device)).cpu().numpy()
-            valid = rows >= 0
-            scores[rows[valid]] = logits[valid]
+            valid = block >= 0
+            scores[block[valid]] = logits[valid]
     finally:
         model.train(was_training)
-    return scores
+    return scores[rows.reshape(-1)]
 
 
 def evaluate_candidates(

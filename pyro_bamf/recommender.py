@@ -130,12 +130,7 @@ class BAMFRecommender:
         if users.shape != items.shape:
             raise ValueError(f"users and items differ in length: {users.size} vs {items.size}")
         self._check_ids(users, items)
-        order = np.argsort(users, kind="stable")
-        logits = np.empty(users.size, dtype=np.float32)
-        logits[order] = score_candidates(
-            model, users[order], items[order], split.history_items, split.history_lengths
-        )
-        return logits
+        return score_candidates(model, users, items, split.history_items, split.history_lengths)
 
     def recommend(self, user: int, k: int = 10, exclude_seen: bool = True):
         """Top-``k`` items for ``user`` as ``(items, probabilities)``, best first.

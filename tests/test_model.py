@@ -16,7 +16,12 @@ from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_bamf import attention, evaluation
-from pyro_bamf.attention import ScoreNetwork, dropout_keep_mask, simplex_weights
+from pyro_bamf.attention import (
+    ScoreNetwork,
+    _split_norm_scores,
+    dropout_keep_mask,
+    simplex_weights,
+)
 from pyro_bamf.batch import Batch, candidate_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
@@ -556,6 +561,27 @@ def test_score_candidates_equals_per_row_expected_logits(split, monkeypatch, gro
     assert np.unique(scores).size > users.size // 2  # not a constant
 
 
+def test_score_candidates_scores_repeated_and_unsorted_rows_like_single_rows(split):
+    model = BAMF(split.n_users, split.n_items, make_config(score_fn="concat"))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    rng = np.random.default_rng(5)
+    users = rng.integers(0, 15, size=40)
+    items = rng.integers(0, split.n_items, size=40)
+    users, items = np.r_[users, users[:25]], np.r_[items, items[:25]]  # 25 repeated pairs
+    order = rng.permutation(users.size)
+    users, items = users[order], items[order]
+    args = (split.history_items, split.history_lengths)
+    scores = evaluation.score_candidates(model, users, items, *args)
+    expected = one_at_a_time(model, users, items, *args)
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    first = {}
+    for user, item, score in zip(users, items, scores, strict=True):
+        assert first.setdefault((user, item), score) == score  # repeats are bit-identical
+    assert evaluation.score_candidates(model, users[:0], items[:0], *args).shape == (0,)
+
+
 def test_candidate_batches_cover_every_row_once_within_budget(split):
     users = np.repeat([1, 3, 8, 9], [5, 9, 1, 3])
     items = np.arange(users.size) % split.n_items
@@ -659,6 +685,34 @@ def test_fused_relu_dropout_equals_the_straightforward_score(monkeypatch, kind):
     draws = 4000  # independent masks in one call
     mean = net(query.expand(draws, 3, 2, K), keys.expand(draws, 3, 2, 5, K)).detach().mean(0)
     torch.testing.assert_close(mean, plain, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+@pytest.mark.parametrize("kind", ["concat", "prod"])
+@pytest.mark.parametrize(
+    ("query_shape", "key_shape"), [((4, 3, K), (4, 1, 9, K)), ((4, K), (4, 9, K))]
+)
+def test_score_network_no_grad_path_equals_layer_norm_path(kind, outputs, query_shape, key_shape):
+    torch.manual_seed(0)
+    net = ScoreNetwork(K, kind, dropout=0.2, outputs=outputs)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    query = 3 * torch.randn(query_shape) + 1
+    keys = 2 * torch.randn(key_shape) - 0.5
+    net.eval()
+    with torch.no_grad():
+        fast = net(query, keys)
+        key_w = None if net.key is None else net.key.weight
+        weights = (net.query.weight, net.query.bias, key_w, net.norm.weight, net.norm.bias)
+        split = _split_norm_scores(  # what compile_eval compiles: the norm from the two parts
+            query, keys, *weights, net.out.weight, net.out.bias, net.norm.eps
+        )
+    slow = net(query, keys).detach()  # nn.LayerNorm on the formed pairs
+    pairs = torch.broadcast_shapes(query_shape[:-1] + (1,), key_shape[:-1])
+    assert fast.shape == slow.shape == split.shape == pairs + ((2,) if outputs == 2 else ())
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split, slow, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("item_embeddings", ["role", "shared"])
