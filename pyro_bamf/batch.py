@@ -72,15 +72,25 @@ def groups_per_batch(config) -> int:
     return config.batch_size
 
 
-def bucketed_order(lengths: np.ndarray, groups_per_batch: int, rng: np.random.Generator):
+def bucketed_order(
+    lengths: np.ndarray, groups_per_batch: int, rng: np.random.Generator, pool: int = 0
+):
     """Split group indices into batches of similar history length, in random order.
 
     Groups are shuffled, stably sorted by length (so equal lengths stay shuffled), cut into
     consecutive batches, and the batches shuffled: padding stays small, order stays random.
+    ``pool = 0`` sorts the whole epoch at once, so a batch holds the groups of a few users of
+    one history length (ml-latest-small, pairwise: a median of 10 users per batch, padding
+    +0.2 %); ``pool = n`` sorts within consecutive pools of ``n`` batches of shuffled groups
+    instead (``n = 16``: 43 users per batch, padding +4.6 %).
     """
     order = rng.permutation(len(lengths))
-    order = order[np.argsort(lengths[order], kind="stable")]
-    batches = [order[i : i + groups_per_batch] for i in range(0, len(order), groups_per_batch)]
+    step = len(order) if pool == 0 else pool * groups_per_batch
+    batches = []
+    for start in range(0, len(order), max(step, 1)):
+        chunk = order[start : start + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + groups_per_batch] for i in range(0, len(chunk), groups_per_batch)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -97,7 +107,8 @@ def training_batches(split, config, rng: np.random.Generator):
     if config.learning == "pointwise":
         labels = np.zeros(items.shape, dtype=np.float32)
         labels[:, 0] = 1.0
-    for idx in bucketed_order(split.history_lengths[users], groups_per_batch(config), rng):
+    lengths = split.history_lengths[users]
+    for idx in bucketed_order(lengths, groups_per_batch(config), rng, config.bucket_pool):
         yield Batch.build(
             users[idx],
             items[idx],

@@ -77,6 +77,7 @@ class BAMFConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-3
     batch_size: int = 256
+    bucket_pool: int = 0
     max_epochs: int = 100
     patience: int = 5
     min_delta: float = 1e-3
@@ -99,6 +100,7 @@ class BAMFConfig:
         checks = [
             ("embedding_dim", self.embedding_dim >= 1, ">= 1"),
             ("max_history", self.max_history >= 1, ">= 1"),
+            ("bucket_pool", self.bucket_pool >= 0, ">= 0"),
             ("tau", self.tau >= 1.0, ">= 1 (a sharpening factor)"),
             ("beta", 0.0 < self.beta <= 1.0, "in (0, 1] (a smoothing factor)"),
             ("guide_sigma", self.guide_sigma > 0, "> 0"),
