@@ -365,3 +365,26 @@ def test_bucketed_order_partitions_groups_into_length_buckets():
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     other = bucketed_order(lengths, 10, np.random.default_rng(2))
     assert any(not np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
+
+
+def test_bucketed_order_pools_sort_within_pools_of_shuffled_groups():
+    lengths = np.random.default_rng(0).integers(1, 50, size=103)
+    batches = bucketed_order(lengths, 10, np.random.default_rng(1), pool=3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    assert sorted(len(b) for b in batches) == [3] + [10] * 10
+    # the same draws as pool = 0: one permutation of the groups, then one of the batches
+    rng = np.random.default_rng(1)
+    shuffled = rng.permutation(103)
+    pools = [shuffled[i : i + 30] for i in range(0, 103, 30)]
+    for batch in batches:
+        home = [p for p in pools if np.isin(batch, p).all()]
+        assert len(home) == 1, "a batch takes its groups from one pool"
+        assert np.all(np.diff(lengths[batch]) >= 0)
+
+    def as_lists(order):
+        return [b.tolist() for b in order]
+
+    whole = bucketed_order(lengths, 10, np.random.default_rng(1), pool=0)
+    assert as_lists(whole) != as_lists(batches)
+    wide = bucketed_order(lengths, 10, np.random.default_rng(1), pool=100)
+    assert as_lists(wide) == as_lists(whole)  # one pool larger than the epoch: the whole sort
