@@ -118,7 +118,8 @@ def svi_step(
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
     loss.backward()
     grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
-    finite = torch.stack([torch.isfinite(grad).all() for _, grad in grads])
+    # a NaN or inf anywhere makes a tensor's norm non-finite: one fused pass per tensor
+    finite = torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in grads])))
     if not bool(finite.all()):
         bad = [name for (name, _), ok in zip(grads, finite.tolist(), strict=True) if not ok]
         raise FloatingPointError(f"non-finite gradient of {', '.join(bad)} (loss {terms.loss:.4g})")
