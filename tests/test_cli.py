@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import runpy
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +213,18 @@ def test_calibrate_refuses_a_bad_plot_name_before_printing(run_dir, tmp_path, ca
     assert main(["calibrate", "--run", str(run_dir), "--plot", str(tmp_path / "r.jpg")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and ".png" in captured.err
+
+
+def test_user_groups_example_reports_the_runs_test_ndcg(run_dir, monkeypatch, capsys):
+    script = Path(__file__).resolve().parents[1] / "examples" / "user_groups.py"
+    monkeypatch.setattr(sys, "argv", ["user_groups.py", str(run_dir)])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, run_row, popularity_row = rows
+    assert "all" in header and run_row.startswith(f"| {run_dir} |")
+    cells = [None if c == "-" else float(c) for c in run_row.strip(" |").split(" | ")[1:]]
+    saved = json.loads((run_dir / "metrics.json").read_text())["test"]["ndcg@10"]
+    assert cells[3] == pytest.approx(saved, abs=5e-5)  # the "all users" column
+    assert all(0.0 <= value <= 1.0 for value in cells[:4] if value is not None)
+    assert -1.0 <= cells[4] <= 1.0
+    assert popularity_row.split(" | ")[-1].strip(" |") == "1.000"
