@@ -113,8 +113,9 @@ def main() -> None:
         wall = time.perf_counter() - start
         epoch_s.append(wall * (n_batches / len(times)))
         rate.append(examples / wall)
-        batches = list(training_batches(split, config, np.random.default_rng(repeat)))
-        sample = [batches[i] for i in np.random.default_rng(repeat).choice(len(batches), 8)]
+        chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
+        batches = training_batches(split, config, np.random.default_rng(repeat))
+        sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
         pair = []
         for step in (svi, plain) * 5:
             start = time.perf_counter()
