@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO, is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
 from .distributed import DistributedContext
 from .evaluation import evaluate_candidates
+from .families import has_analytic_kl
 from .model import BAMF
 
 LATENT_SITES = ("user_scores", "item_scores")
@@ -55,9 +57,36 @@ def loss_scales(config: BAMFConfig, batch: Batch, weight: float) -> tuple[float,
     return total / n, total * weight / n
 
 
+class ClosedFormKLELBO(TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` for models whose every latent site has a closed-form KL,
+    without the log-densities its loss never reads.
+
+    Pyro evaluates ``log_prob`` at every model site and the score parts of every guide site,
+    then takes the KL in closed form for the latent sites and reads only the observed sites'
+    log-probabilities; here only those are evaluated, so the loss is bit-identical (tested)
+    and a step ~4 ms cheaper at L = 300. With Pyro's validation on, the full path runs.
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if is_validation_enabled():
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed, graph_type="flat").get_trace(*args, **kwargs)
+        guide_trace = prune_subsample_sites(guide_trace)  # the plates' sites, as Pyro does
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob(lambda name, site: site["is_observed"])
+        return model_trace, guide_trace
+
+
 def make_elbo(config: BAMFConfig):
-    """``TraceMeanField_ELBO`` (analytic KL) or ``Trace_ELBO`` (sampled KL)."""
-    return TraceMeanField_ELBO() if config.elbo == "meanfield" else Trace_ELBO()
+    """``TraceMeanField_ELBO`` (analytic KL; :class:`ClosedFormKLELBO` where every KL has a
+    closed form) or ``Trace_ELBO`` (sampled KL)."""
+    if config.elbo == "trace":
+        return Trace_ELBO()
+    if has_analytic_kl(config.guide_family, config.prior_family):
+        return ClosedFormKLELBO()
+    return TraceMeanField_ELBO()
 
 
 @dataclass

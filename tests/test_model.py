@@ -26,7 +26,7 @@ from pyro_bamf.batch import Batch, candidate_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
 from pyro_bamf.model import BAMF
-from pyro_bamf.training import loss_scales, make_elbo, svi_step
+from pyro_bamf.training import ClosedFormKLELBO, loss_scales, make_elbo, svi_step
 
 # Small networks keep the hand computations and the steps cheap.
 K = 8
@@ -778,3 +778,28 @@ def test_parallel_predictive_broadcasts_over_samples(split, learning):
             torch.testing.assert_close(out["user_weights"][k], weights)
             logits = model.logits(batch, out["user_weights"][k], out["item_weights"][k])
             torch.testing.assert_close(out["_RETURN"][k], logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kl_scale", [0.0, 0.37])
+@pytest.mark.parametrize(("learning", "spread"), [("pointwise", "fixed"), ("pairwise", "learned")])
+def test_closed_form_kl_elbo_equals_trace_mean_field_elbo_bit_for_bit(
+    split, learning, spread, kl_scale
+):
+    config = make_config(learning=learning, guide_spread=spread, dropout=0.0)
+    assert isinstance(make_elbo(config), ClosedFormKLELBO)
+    assert type(make_elbo(config.replace(prior_family="gamma"))) is TraceMeanField_ELBO
+    assert type(make_elbo(config.replace(elbo="trace"))) is Trace_ELBO
+    model = BAMF(split.n_users, split.n_items, config)
+    batch = make_batch(split, learning)
+    losses, grads = [], []
+    for elbo in (ClosedFormKLELBO(), TraceMeanField_ELBO()):
+        model.zero_grad()
+        pyro.set_rng_seed(3)  # the same latent draws for both
+        with pyro.validation_enabled(False):  # the fast path only runs without validation
+            loss = elbo.differentiable_loss(model.model, model.guide, batch, 0.3, kl_scale)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert torch.equal(losses[0], losses[1]) and losses[0].abs() > 0
+    assert len(grads[0]) == len(grads[1]) > 10
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
