@@ -5,9 +5,9 @@
 Prints one table: seconds per full pointwise training epoch (batching and negative sampling
 included), training examples per second, leave-one-out and 1:99 test evaluation seconds, peak
 RSS, and the ratio of one SVI step to a plain-PyTorch step of the same loss on the same batch.
-Figures are medians over ``--repeats`` runs; within a run the step ratio compares the best of
-5 alternating timings of the same 8 random batches of the epoch (so short and long histories
-weigh as they do in an epoch). ``--quick`` times 40 training steps instead of a
+Figures are medians over ``--repeats`` runs; within a run the step ratio compares the medians
+of 12 alternating timings of the same 8 random batches of the epoch (so short and long
+histories weigh as they do in an epoch). ``--quick`` times 40 training steps instead of a
 whole epoch (the epoch time is then extrapolated and marked so) and a tenth of the test pool.
 """
 
@@ -117,12 +117,13 @@ def main() -> None:
         batches = training_batches(split, config, np.random.default_rng(repeat))
         sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
         pair = []
-        for step in (svi, plain) * 5:
+        for step in (svi, plain) * 12:
             start = time.perf_counter()
             for batch in sample:
                 step(batch)
             pair.append(time.perf_counter() - start)
-        ratios.append(min(pair[0::2]) / min(pair[1::2]))  # best of 5: robust to other load
+        # medians of 12 alternations: single timings on these VMs spread by +-20 %
+        ratios.append(statistics.median(pair[0::2]) / statistics.median(pair[1::2]))
 
     def evaluate(users, items):
         start = time.perf_counter()
