@@ -30,8 +30,9 @@ def score_candidates(
     users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
     if len(users) == 0:
         return np.empty(0, dtype=np.float32)
-    pairs, rows = np.unique(users * (int(items.max()) + 1) + items, return_inverse=True)
-    unique_users, unique_items = np.divmod(pairs, int(items.max()) + 1)
+    width = int(items.max()) + 1
+    pairs, rows = np.unique(users * width + items, return_inverse=True)
+    unique_users, unique_items = np.divmod(pairs, width)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
