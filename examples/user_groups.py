@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from scipy.stats import rankdata
 
 from pyro_bamf.evaluation import score_candidates
 from pyro_bamf.metrics import ranking_metrics
 from pyro_bamf.runs import evaluation_pool, load_run
-
-
-def ranks(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values, kind="stable"), kind="stable")
 
 
 def main() -> None:
@@ -50,7 +47,7 @@ def main() -> None:
                 continue
             metrics = ranking_metrics(pool.users[rows], pool.labels[rows], score[rows], ks=(10,))
             cells.append(f"{metrics['ndcg@10']:.4f}")
-        corr = np.corrcoef(ranks(score), ranks(popularity))[0, 1]
+        corr = np.corrcoef(*(rankdata(v, method="ordinal") for v in (score, popularity)))[0, 1]
         print(f"| {name} | " + " | ".join(cells) + f" | {corr:.3f} |")
 
 
