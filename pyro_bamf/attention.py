@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernels
 from .families import guide_distribution, prior_distribution
 
 
@@ -110,16 +111,25 @@ class ScoreNetwork(nn.Module):
     ``prod``: ``A = W (q * k) + b``.
 
     In training, ReLU and inverted dropout are one ``where`` on the mask ``(LN > 0) & keep``,
-    with the ``1 / keep_prob`` scale folded into ``w``. Without autograd and in eval mode the
-    score runs through :func:`compiled_eval_scores` when ``compiled`` is set.
+    with the ``1 / keep_prob`` scale folded into ``w``. With ``fused`` set, ``concat`` scores
+    with autograd on CPU run through :func:`pyro_bamf.kernels.concat_scores` (one C pass per
+    direction, its own dropout draws with the same keep probability). Without autograd and in
+    eval mode the score runs through :func:`compiled_eval_scores` when ``compiled`` is set.
     """
 
     def __init__(
-        self, dim: int, kind: str, dropout: float, compiled: bool = False, outputs: int = 1
+        self,
+        dim: int,
+        kind: str,
+        dropout: float,
+        compiled: bool = False,
+        outputs: int = 1,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         self.kind = kind
         self.compiled = compiled
+        self.fused = fused
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim, bias=False) if kind == "concat" else None
         self.norm = nn.LayerNorm(dim)
@@ -136,6 +146,8 @@ class ScoreNetwork(nn.Module):
                 query, keys, self.query.weight, self.query.bias, key_w,
                 self.norm.weight, self.norm.bias, self.out.weight, self.out.bias, self.norm.eps,
             )  # fmt: skip
+        if self._takes_kernel(query, keys):
+            return self._kernel_scores(query, keys)
         if self.key is not None:
             hidden = self.query(query).unsqueeze(-2) + self.key(keys)
         else:
@@ -153,6 +165,34 @@ class ScoreNetwork(nn.Module):
             weight = weight / keep_prob
         hidden = torch.where(active, hidden, 0.0)
         return _squeeze(nn.functional.linear(hidden, weight, self.out.bias))
+
+    def _takes_kernel(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs on the C kernel: ``fused`` concat scores of float32 CPU
+        tensors shaped as BAMF's modules call them (see :meth:`_kernel_scores`)."""
+        if not self.fused or self.key is None or query.device.type != "cpu":
+            return False
+        if query.dtype != torch.float32 or keys.dtype != torch.float32:
+            return False
+        user_side = query.dim() == 2 and keys.dim() == 3
+        item_side = query.dim() == 3 and keys.dim() == 4 and keys.shape[1] == 1
+        return (user_side or item_side) and keys.shape[0] == query.shape[0]
+
+    def _kernel_scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """User side ``query (G, K)``, ``keys (G, L, K)`` -> ``(G, L)``; item side ``query
+        (G, S, K)``, ``keys (G, 1, L, K)`` -> ``(G, S, L)`` (a last axis of 2 with two outputs)."""
+        user_side = query.dim() == 2
+        query_part = self.query(query.unsqueeze(1) if user_side else query)
+        key_part = self.key(keys if user_side else keys.squeeze(1))
+        weight, seed, threshold = self.out.weight, 0, kernels.FULL_KEEP
+        if self.training and self.dropout > 0:
+            threshold = round((1.0 - self.dropout) * kernels.FULL_KEEP)
+            seed = int(torch.randint(2**62, (1,)))
+            weight = weight / (threshold / kernels.FULL_KEEP)
+        scores = kernels.concat_scores(
+            query_part, key_part, self.norm.weight, self.norm.bias, weight, self.out.bias,
+            self.norm.eps, seed, threshold,
+        )  # fmt: skip
+        return _squeeze(scores.squeeze(1) if user_side else scores)
 
 
 class GuideSpread(nn.Module):

@@ -84,6 +84,7 @@ class BAMFConfig:
     warmup_epochs: int = 10
     eval_protocol: str = "sampled"
     compile_eval: bool = False
+    fused_scores: bool = True
     device: str = "cpu"
     ties: str = "pessimistic"
     test_candidates: str = ""

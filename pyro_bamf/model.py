@@ -63,7 +63,14 @@ class BAMF(nn.Module):
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.01)
         self.spread = GuideSpread(config.guide_sigma, config.guide_spread == "learned")
-        scorer = (dim, config.score_fn, config.dropout, config.compile_eval, self.spread.outputs)
+        scorer = (
+            dim,
+            config.score_fn,
+            config.dropout,
+            config.compile_eval,
+            self.spread.outputs,
+            config.fused_scores,
+        )
         self.user_scorer = ScoreNetwork(*scorer)
         self.item_scorer = ScoreNetwork(*scorer)
         self.spread.initialise(self.user_scorer)

@@ -1,0 +1,162 @@
+/* The NAIS `concat` attention score of BAMF for every (example, history item) pair, forward and
+ * backward, in one pass over the pairs (see pyro_bamf/kernels.py).
+ *
+ *   A    = a_q + a_k                       a_q = W_q q + b (G, S, K), a_k = W_k k (G, L, K)
+ *   n    = (A - mean(A)) / sqrt(var(A) + eps)
+ *   h    = gamma * n + beta                the layer norm
+ *   y    = keep * ReLU(h)                  inverted dropout; 1 / keep_prob is folded into w
+ *   psi  = w_o . y + b_o                   o < outputs (1, or 2 with a learned guide spread)
+ *
+ * No (pair, K) tensor is ever stored: the backward pass recomputes A, n, h and the dropout mask
+ * from the inputs and the seed. The mask of element e = pair * K + k keeps it when the top 16
+ * bits of lowbias32(e * golden + seed_lo ^ seed_hi) fall below `threshold` (keep probability
+ * threshold / 2^16, the resolution of pyro_bamf.attention.dropout_keep_mask).
+ *
+ * Compiled with -DDIM=K. Groups g0 <= g < g1 are one call's share; each call writes its own
+ * rows of the outputs and its own partial parameter gradients, so calls run in parallel.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#ifndef DIM
+#error "compile with -DDIM=<embedding dimension>"
+#endif
+#define MAX_OUTPUTS 2
+
+static inline void keep_mask(uint64_t seed, int64_t pair, uint32_t threshold, float *keep) {
+    uint32_t key_lo = (uint32_t)seed, key_hi = (uint32_t)(seed >> 32);
+    uint32_t base = (uint32_t)(pair * DIM);
+    for (int k = 0; k < DIM; k++) {
+        uint32_t x = ((base + (uint32_t)k) * 0x9E3779B9u + key_lo) ^ key_hi;
+        x ^= x >> 16;
+        x *= 0x7FEB352Du;
+        x ^= x >> 15;
+        x *= 0x846CA68Bu;
+        x ^= x >> 16;
+        keep[k] = (x >> 16) < threshold ? 1.0f : 0.0f;
+    }
+}
+
+/* n and h of A = aq + ak; returns 1 / sqrt(var(A) + eps) */
+static inline float features(const float *restrict aq, const float *restrict ak,
+                             const float *restrict gamma, const float *restrict beta, float eps,
+                             float *restrict n, float *restrict h) {
+    float a[DIM], mean = 0.0f, var = 0.0f;
+    for (int k = 0; k < DIM; k++) {
+        a[k] = aq[k] + ak[k];
+        mean += a[k];
+    }
+    mean *= 1.0f / DIM;
+    for (int k = 0; k < DIM; k++) {
+        a[k] -= mean;
+        var += a[k] * a[k];
+    }
+    float rstd = 1.0f / sqrtf(var * (1.0f / DIM) + eps);
+    for (int k = 0; k < DIM; k++) {
+        n[k] = a[k] * rstd;
+        h[k] = n[k] * gamma[k] + beta[k];
+    }
+    return rstd;
+}
+
+/* psi (G, S, L, outputs) for groups g0 <= g < g1 */
+void concat_scores_forward(
+    const float *restrict aq, const float *restrict ak, const float *restrict gamma,
+    const float *restrict beta, const float *restrict ow, const float *restrict ob,
+    int64_t outputs, float eps, uint64_t seed, uint32_t threshold,
+    int64_t g0, int64_t g1, int64_t S, int64_t L, float *restrict out)
+{
+    float n[DIM], h[DIM], keep[DIM];
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t s = 0; s < S; s++) {
+            const float *q = aq + (g * S + s) * DIM;
+            for (int64_t l = 0; l < L; l++) {
+                int64_t pair = (g * S + s) * L + l;
+                features(q, ak + (g * L + l) * DIM, gamma, beta, eps, n, h);
+                keep_mask(seed, pair, threshold, keep);
+                for (int64_t o = 0; o < outputs; o++) {
+                    const float *w = ow + o * DIM;
+                    float acc = 0.0f;
+                    for (int k = 0; k < DIM; k++) acc += (h[k] > 0.0f ? h[k] : 0.0f) * keep[k] * w[k];
+                    out[pair * outputs + o] = acc + ob[o];
+                }
+            }
+        }
+}
+
+/* Gradients for groups g0 <= g < g1 from d psi (G, S, L, outputs): writes rows g of daq
+ * (G, S, K) and dak (G, L, K) (dak must start at zero) and this call's partial sums of the
+ * parameter gradients dgamma, dbeta (K), dow (outputs, K), dob (outputs). Pairs whose incoming
+ * gradient is zero (padding, the target) are skipped. */
+void concat_scores_backward(
+    const float *restrict aq, const float *restrict ak, const float *restrict gamma,
+    const float *restrict beta, const float *restrict ow, int64_t outputs, float eps,
+    uint64_t seed, uint32_t threshold, int64_t g0, int64_t g1, int64_t S, int64_t L,
+    const float *restrict grad, float *restrict daq, float *restrict dak,
+    float *restrict dgamma, float *restrict dbeta, float *restrict dow, float *restrict dob)
+{
+    float n[DIM], h[DIM], keep[DIM], dh[DIM], dn[DIM], dq[DIM];
+    float acc_gamma[DIM] = {0}, acc_beta[DIM] = {0}, acc_w[MAX_OUTPUTS][DIM] = {{0}};
+    float acc_b[MAX_OUTPUTS] = {0};
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t s = 0; s < S; s++) {
+            const float *q = aq + (g * S + s) * DIM;
+            for (int k = 0; k < DIM; k++) dq[k] = 0.0f;
+            for (int64_t l = 0; l < L; l++) {
+                int64_t pair = (g * S + s) * L + l;
+                const float *go = grad + pair * outputs;
+                int any = 0;
+                for (int64_t o = 0; o < outputs; o++) any |= go[o] != 0.0f;
+                if (!any) continue;
+                float rstd = features(q, ak + (g * L + l) * DIM, gamma, beta, eps, n, h);
+                keep_mask(seed, pair, threshold, keep);
+                for (int k = 0; k < DIM; k++) {
+                    keep[k] = h[k] > 0.0f ? keep[k] : 0.0f;  /* d y / d h */
+                    dh[k] = 0.0f;
+                }
+                for (int64_t o = 0; o < outputs; o++) {
+                    const float *w = ow + o * DIM;
+                    for (int k = 0; k < DIM; k++) {
+                        acc_w[o][k] += go[o] * (h[k] * keep[k]);
+                        dh[k] += go[o] * w[k];
+                    }
+                    acc_b[o] += go[o];
+                }
+                float m1 = 0.0f, m2 = 0.0f;
+                for (int k = 0; k < DIM; k++) {
+                    dh[k] *= keep[k];
+                    acc_gamma[k] += dh[k] * n[k];
+                    acc_beta[k] += dh[k];
+                    dn[k] = dh[k] * gamma[k];
+                    m1 += dn[k];
+                    m2 += dn[k] * n[k];
+                }
+                m1 *= 1.0f / DIM;
+                m2 *= 1.0f / DIM;
+                float *dk = dak + (g * L + l) * DIM;
+                for (int k = 0; k < DIM; k++) {
+                    float da = rstd * (dn[k] - m1 - n[k] * m2);
+                    dq[k] += da;
+                    dk[k] += da;
+                }
+            }
+            for (int k = 0; k < DIM; k++) daq[(g * S + s) * DIM + k] = dq[k];
+        }
+    for (int k = 0; k < DIM; k++) {
+        dgamma[k] = acc_gamma[k];
+        dbeta[k] = acc_beta[k];
+    }
+    for (int64_t o = 0; o < outputs; o++) {
+        for (int k = 0; k < DIM; k++) dow[o * DIM + k] = acc_w[o][k];
+        dob[o] = acc_b[o];
+    }
+}
+
+/* The dropout keep mask (pairs, K) the two passes use, as bytes (for tests and inspection). */
+void concat_dropout_mask(uint64_t seed, uint32_t threshold, int64_t pairs, uint8_t *mask) {
+    float keep[DIM];
+    for (int64_t p = 0; p < pairs; p++) {
+        keep_mask(seed, p, threshold, keep);
+        for (int k = 0; k < DIM; k++) mask[p * DIM + k] = keep[k] != 0.0f;
+    }
+}

@@ -1,0 +1,254 @@
+"""The ``concat`` attention score of training as one C kernel per pass (forward, backward).
+
+In eager PyTorch the score network of a batch writes and re-reads a dozen ``(G, S, L, K)``
+tensors (the pre-activation, layer-norm statistics and output, the dropout mask, ReLU, their
+gradients): ~70 % of a training step. ``csrc/concat_scores.c`` computes, per (example, history
+item) pair and without storing any ``(pair, K)`` tensor::
+
+    psi = w . (keep * ReLU(LN(a_q + a_k))) + b          a_q = W_q q + b_q,  a_k = W_k k
+
+and its backward pass recomputes ``LN(a_q + a_k)`` and the dropout mask from the inputs and a
+seed. The dropout mask draws its own uniforms (a 32-bit integer hash of the element index keyed
+by a seed from torch's generator), with the keep probability of
+:func:`pyro_bamf.attention.dropout_keep_mask`: the same model and distribution as the eager path,
+different draws.
+
+The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
+or ``clang``: what ``torch.compile`` needs too) into ``$BAMF_KERNEL_CACHE`` (default
+``~/.cache/pyro_bamf/kernels``), one library per embedding size, built atomically. Work is split
+into a fixed number of group chunks run on torch's thread count, so results do not depend on
+the number of threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "concat_scores.c"
+CHUNKS = 16
+MAX_OUTPUTS = 2
+FULL_KEEP = 1 << 16  # keep threshold that keeps every element (no dropout)
+_BASE_FLAGS = (
+    "-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
+    "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+)  # fmt: skip
+_ARCH_FLAGS = {
+    "AVX512": ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"),
+    "AVX2": ("-mavx2", "-mfma"),
+}
+
+
+class KernelUnavailableError(RuntimeError):
+    """The C kernel cannot be built or loaded here (no compiler, a failed build)."""
+
+
+_libraries: dict[int, ctypes.CDLL] = {}
+_pool: ThreadPoolExecutor | None = None
+
+
+def compiler() -> str:
+    """The C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the PATH."""
+    named = os.environ.get("CC")
+    found = shutil.which(named) if named else None
+    for candidate in ("cc", "gcc", "clang") if not named else ():
+        found = found or shutil.which(candidate)
+    if found is None:
+        wanted = f"$CC={named!r}" if named else "cc, gcc or clang"
+        raise KernelUnavailableError(
+            f"fused_scores needs a C compiler to build its score kernel; {wanted} was not "
+            "found. Install one, or set fused_scores = false (the PyTorch path: same model, "
+            "~2x slower training)."
+        )
+    return found
+
+
+def cache_dir() -> Path:
+    """``$BAMF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/pyro_bamf/kernels`` (``~/.cache``)."""
+    if os.environ.get("BAMF_KERNEL_CACHE"):
+        return Path(os.environ["BAMF_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyro_bamf" / "kernels"
+
+
+def build_flags(dim: int) -> list[str]:
+    """Compiler flags for embedding size ``dim``, vectorised for this CPU's instruction set."""
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    arch = torch.backends.cpu.get_cpu_capability() if x86 else ""
+    return [*_BASE_FLAGS, *_ARCH_FLAGS.get(arch, ()), f"-DDIM={dim}"]
+
+
+def library_path(dim: int) -> Path:
+    """Where the library for ``dim`` is cached: named by a hash of source, compiler and flags."""
+    key = (SOURCE.read_bytes(), compiler(), build_flags(dim))
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    return cache_dir() / f"concat_scores_k{dim}_{digest}.so"
+
+
+def library(dim: int) -> ctypes.CDLL:
+    """The kernel library for embedding size ``dim``: loaded, else built (once per process)."""
+    if dim not in _libraries:
+        cc, flags, path = compiler(), build_flags(dim), library_path(dim)
+        if not path.exists():
+            _build(cc, flags, path)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged cache entry: rebuild it once
+            _build(cc, flags, path)
+            lib = ctypes.CDLL(str(path))
+        _declare(lib)
+        _libraries[dim] = lib
+    return _libraries[dim]
+
+
+def _build(cc: str, flags: list[str], path: Path) -> None:
+    """Compile into a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        done = subprocess.run(
+            [cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise KernelUnavailableError(
+                f"building the score kernel with {cc} failed (exit {done.returncode}):\n"
+                f"{done.stderr.strip()}\nSet fused_scores = false to train on the PyTorch path."
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    u64, u32 = ctypes.c_uint64, ctypes.c_uint32
+    lib.concat_scores_forward.argtypes = [ptr] * 6 + [i64, f32, u64, u32] + [i64] * 4 + [ptr]
+    lib.concat_scores_forward.restype = None
+    lib.concat_scores_backward.argtypes = [ptr] * 5 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 7
+    lib.concat_scores_backward.restype = None
+    lib.concat_dropout_mask.argtypes = [u64, u32, i64, ptr]
+    lib.concat_dropout_mask.restype = None
+
+
+def _run(calls) -> None:
+    """Run the chunk calls on torch's thread count (ctypes releases the GIL)."""
+    global _pool
+    threads = max(1, torch.get_num_threads())
+    if threads == 1:
+        for call in calls:
+            call()
+        return
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="bamf-kernel")
+    for future in [_pool.submit(call) for call in calls]:
+        future.result()
+
+
+def _chunks(groups: int) -> list[tuple[int, int]]:
+    size = -(-groups // CHUNKS)
+    return [(start, min(groups, start + size)) for start in range(0, groups, size)]
+
+
+class _ConcatScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query_part, key_part, norm_w, norm_b, out_w, out_b, eps, seed, threshold):
+        groups, size, dim = query_part.shape
+        length, outputs = key_part.shape[1], out_w.shape[0]
+        tensors = (query_part, key_part, norm_w, norm_b, out_w, out_b)
+        inputs = [t.detach().contiguous() for t in tensors]
+        out = query_part.new_empty(groups, size, length, outputs)
+        lib, ptrs = library(dim), [t.data_ptr() for t in inputs]
+        _run([
+            lambda a=a, b=b: lib.concat_scores_forward(
+                *ptrs, outputs, eps, seed, threshold, a, b, size, length, out.data_ptr()
+            )
+            for a, b in _chunks(groups)
+        ])  # fmt: skip
+        ctx.save_for_backward(*inputs[:5])
+        ctx.constants = (eps, seed, threshold)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        query_part, key_part, norm_w, norm_b, out_w = ctx.saved_tensors
+        eps, seed, threshold = ctx.constants
+        groups, size, dim = query_part.shape
+        length, outputs = key_part.shape[1], out_w.shape[0]
+        grad = grad.contiguous()
+        chunks = _chunks(groups)
+        d_query = torch.empty_like(query_part)
+        d_key = torch.zeros_like(key_part)
+        partial = query_part.new_empty(len(chunks), 2 * dim + outputs * (dim + 1))
+        lib = library(dim)
+        ptrs = [t.data_ptr() for t in (query_part, key_part, norm_w, norm_b, out_w)]
+
+        def call(i: int, a: int, b: int) -> None:
+            row = partial[i].data_ptr()  # dgamma, dbeta, dw, db of chunk i, by byte offset
+            lib.concat_scores_backward(
+                *ptrs, outputs, eps, seed, threshold, a, b, size, length, grad.data_ptr(),
+                d_query.data_ptr(), d_key.data_ptr(),
+                row, row + 4 * dim, row + 8 * dim, row + 4 * (2 * dim + outputs * dim),
+            )  # fmt: skip
+
+        _run([lambda i=i, a=a, b=b: call(i, a, b) for i, (a, b) in enumerate(chunks)])
+        sums = partial.sum(0)
+        d_norm_w, d_norm_b = sums[:dim], sums[dim : 2 * dim]
+        d_out_w = sums[2 * dim : 2 * dim + outputs * dim].view(outputs, dim)
+        d_out_b = sums[2 * dim + outputs * dim :]
+        return d_query, d_key, d_norm_w, d_norm_b, d_out_w, d_out_b, None, None, None
+
+
+def concat_scores(
+    query_part: torch.Tensor,
+    key_part: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    eps: float,
+    seed: int = 0,
+    keep_threshold: int = FULL_KEEP,
+) -> torch.Tensor:
+    """``psi[g, s, l, o] = w_o . (keep * ReLU(LN(a_q[g, s] + a_k[g, l]))) + b_o``.
+
+    ``query_part (G, S, K)``, ``key_part (G, L, K)``, layer-norm ``norm_weight``,
+    ``norm_bias (K,)``, ``out_weight (O, K)`` (``O <= 2``; any ``1 / keep_prob`` already folded
+    in), ``out_bias (O,)``; float32 CPU tensors. Returns ``(G, S, L, O)``, differentiable in
+    every tensor. Element ``k`` of pair ``(g, s, l)`` is kept with probability
+    ``keep_threshold / 2^16`` (``2^16``: no dropout) by draws keyed by ``seed``.
+    """
+    tensors = (query_part, key_part, norm_weight, norm_bias, out_weight, out_bias)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        raise ValueError("concat_scores takes float32 CPU tensors")
+    groups, size, dim = query_part.shape
+    if key_part.dim() != 3 or key_part.shape[0] != groups or key_part.shape[2] != dim:
+        raise ValueError(
+            f"key_part must be (G, L, K) = ({groups}, L, {dim}), got {tuple(key_part.shape)}"
+        )
+    if not 1 <= out_weight.shape[0] <= MAX_OUTPUTS or out_weight.shape[1] != dim:
+        shape = tuple(out_weight.shape)
+        raise ValueError(f"out_weight must be (O, {dim}) with O <= 2, got {shape}")
+    if groups * size * key_part.shape[1] * dim >= 2**32:
+        raise ValueError("concat_scores: over 2^32 pair features in one call; split the batch")
+    if not 0 <= keep_threshold <= FULL_KEEP:
+        raise ValueError(f"keep_threshold must be in [0, 2^16], got {keep_threshold}")
+    return _ConcatScores.apply(*tensors, float(eps), int(seed), int(keep_threshold))
+
+
+def dropout_mask(seed: int, keep_threshold: int, pairs: int, dim: int) -> torch.Tensor:
+    """The keep mask ``(pairs, dim)`` (bool) that :func:`concat_scores` draws for ``seed``;
+    pair ``(g, s, l)`` is row ``(g * S + s) * L + l``."""
+    mask = torch.empty(pairs, dim, dtype=torch.uint8)
+    library(dim).concat_dropout_mask(seed, keep_threshold, pairs, mask.data_ptr())
+    return mask.bool()

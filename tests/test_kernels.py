@@ -1,0 +1,176 @@
+"""The C kernel of the ``concat`` training score (pyro_bamf.kernels) against plain PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pyro_bamf import kernels
+from pyro_bamf.attention import ScoreNetwork
+
+K = 8
+
+
+def reference_scores(query_part, key_part, norm_w, norm_b, out_w, out_b, keep):
+    """``w . (keep * ReLU(LN(a_q + a_k))) + b`` formed pair by pair with torch ops."""
+    hidden = query_part.unsqueeze(2) + key_part.unsqueeze(1)  # (G, S, L, K)
+    hidden = torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm_w, norm_b, 1e-5)
+    return torch.nn.functional.linear(torch.relu(hidden) * keep, out_w, out_b)
+
+
+def leaves(groups, size, length, outputs, dim=K, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(groups, size, dim), (groups, length, dim), (dim,), (dim,)]
+    shapes += [(outputs, dim), (outputs,)]
+    scales = [2.0, 1.5, 0.5, 0.5, 1.0, 1.0]
+    offsets = [0.3, -0.2, 1.0, 0.0, 0.0, 0.0]
+    return [
+        (offset + scale * torch.randn(shape, generator=gen)).requires_grad_()
+        for shape, scale, offset in zip(shapes, scales, offsets, strict=True)
+    ]
+
+
+def gradients(scores, grad, tensors):
+    return torch.autograd.grad(scores, tensors, grad)
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+@pytest.mark.parametrize(("groups", "size", "length"), [(5, 3, 11), (19, 1, 7), (1, 2, 1)])
+def test_kernel_equals_pytorch_with_its_own_dropout_mask(groups, size, length, outputs):
+    tensors = leaves(groups, size, length, outputs)
+    threshold = round(0.75 * kernels.FULL_KEEP)
+    seed = 987654321987
+    keep = kernels.dropout_mask(seed, threshold, groups * size * length, K)
+    keep = keep.view(groups, size, length, K).float()
+    grad = torch.randn(groups, size, length, outputs)
+    grad[:, :, -1] = 0.0  # a masked position: skipped by the backward pass
+    fast = kernels.concat_scores(*tensors, 1e-5, seed, threshold)
+    slow = reference_scores(*tensors, keep)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        gradients(fast, grad, tensors), gradients(slow, grad, tensors), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_without_dropout_keeps_everything():
+    tensors = leaves(4, 3, 6, 1)
+    fast = kernels.concat_scores(*tensors, 1e-5, seed=123, keep_threshold=kernels.FULL_KEEP)
+    slow = reference_scores(*tensors, torch.ones(4, 3, 6, K))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert kernels.dropout_mask(5, kernels.FULL_KEEP, 100, K).all()
+    assert not kernels.dropout_mask(5, 0, 100, K).any()
+
+
+def test_dropout_mask_keep_rate_independence_and_seeding():
+    pairs, threshold = 20000, round(0.8 * kernels.FULL_KEEP)
+    mask = kernels.dropout_mask(42, threshold, pairs, K)
+    rate = mask.float().mean().item()
+    se = math.sqrt(0.8 * 0.2 / mask.numel())
+    assert abs(rate - threshold / kernels.FULL_KEEP) < 5 * se
+    flat = mask.flatten().float()
+    neighbours = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(neighbours) < 5 / math.sqrt(flat.numel())  # consecutive elements uncorrelated
+    per_feature = mask.float().mean(0)  # every feature dropped at the same rate
+    assert (per_feature - 0.8).abs().max().item() < 5 * math.sqrt(0.16 / pairs)
+    assert torch.equal(mask, kernels.dropout_mask(42, threshold, pairs, K))
+    assert (mask != kernels.dropout_mask(43, threshold, pairs, K)).float().mean() > 0.2
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    tensors = leaves(40, 5, 30, 2)
+    grad = torch.randn(40, 5, 30, 2)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            scores = kernels.concat_scores(*tensors, 1e-5, 7, 50000)
+            runs.append((scores.detach(), *gradients(scores, grad, tensors)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, three in zip(*runs, strict=True):
+        assert torch.equal(one, three)
+
+
+def test_score_network_fused_path_equals_eager_path_without_dropout():
+    torch.manual_seed(3)
+    eager = ScoreNetwork(K, "concat", dropout=0.2, outputs=2)
+    fused = ScoreNetwork(K, "concat", dropout=0.2, outputs=2, fused=True)
+    fused.load_state_dict(eager.state_dict())
+    eager.eval(), fused.eval()  # autograd on, no dropout: both paths are deterministic
+    item_side = (torch.randn(4, 3, K), torch.randn(4, 1, 9, K))
+    user_side = (torch.randn(4, K), torch.randn(4, 9, K))
+    for query, keys in (item_side, user_side):
+        want = eager(query, keys)
+        got = fused(query, keys)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        grad = torch.randn_like(want)
+        for a, b in zip(
+            torch.autograd.grad(got, list(fused.parameters()), grad),
+            torch.autograd.grad(want, list(eager.parameters()), grad),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_score_network_fused_dropout_is_inverted_and_seeded_by_torch():
+    net = ScoreNetwork(K, "concat", dropout=0.4, fused=True)
+    query, keys = torch.randn(2000, 3, K), torch.randn(2000, 1, 5, K)
+    net.eval()
+    plain = net(query[:1], keys[:1]).detach()
+    net.train()
+    torch.manual_seed(5)
+    first = net(query[:1].expand(2000, 3, K), keys[:1].expand(2000, 1, 5, K)).detach()
+    torch.manual_seed(5)
+    again = net(query[:1].expand(2000, 3, K), keys[:1].expand(2000, 1, 5, K)).detach()
+    assert torch.equal(first, again)  # torch's generator fixes the mask
+    assert not torch.equal(first[0], first[1])  # every pair draws its own mask
+    torch.testing.assert_close(first.mean(0, keepdim=True), plain, atol=0.05, rtol=0)
+
+
+def test_bad_inputs_are_refused_with_the_problem_named():
+    tensors = leaves(2, 3, 4, 1)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        kernels.concat_scores(*[t.double() for t in tensors], 1e-5)
+    with pytest.raises(ValueError, match=r"key_part must be \(G, L, K\)"):
+        kernels.concat_scores(tensors[0], tensors[1][:1], *tensors[2:], 1e-5)
+    three = torch.randn(3, K)
+    with pytest.raises(ValueError, match="O <= 2"):
+        kernels.concat_scores(*tensors[:4], three, torch.zeros(3), 1e-5)
+    with pytest.raises(ValueError, match="keep_threshold"):
+        kernels.concat_scores(*tensors, 1e-5, 0, kernels.FULL_KEEP + 1)
+
+
+def test_missing_compiler_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_libraries", {})
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-bamf")
+    with pytest.raises(kernels.KernelUnavailableError, match="fused_scores = false"):
+        kernels.library(K)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_build_leaves_nothing_behind(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_libraries", {})
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with pytest.raises(kernels.KernelUnavailableError, match="failed"):
+        kernels.library(K)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_cache_entry_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_libraries", {})
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
+    path = kernels.library_path(K)
+    path.write_bytes(b"not a shared library")  # e.g. a copy cut short
+    lib = kernels.library(K)
+    assert path.read_bytes() != b"not a shared library"
+    mask = torch.empty(4 * K, dtype=torch.uint8)
+    lib.concat_dropout_mask(1, kernels.FULL_KEEP, 4, mask.data_ptr())
+    assert mask.all()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
