@@ -85,6 +85,7 @@ class BAMFConfig:
     eval_protocol: str = "sampled"
     compile_eval: bool = False
     fused_scores: bool = True
+    pyro_validation: bool = False
     device: str = "cpu"
     ties: str = "pessimistic"
     test_candidates: str = ""

@@ -22,9 +22,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO, is_validation_enabled
+from pyro.infer.util import torch_item
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import kl_divergence
@@ -65,7 +68,36 @@ class ClosedFormKLELBO(TraceMeanField_ELBO):
     then takes the KL in closed form for the latent sites and reads only the observed sites'
     log-probabilities; here only those are evaluated, so the loss is bit-identical (tested)
     and a step ~4 ms cheaper at L = 300. With Pyro's validation on, the full path runs.
+
+    After each loss, ``kl_sums`` maps every latent site to its unscaled KL sum (detached), so
+    the logged KL need not be computed a second time; ``None`` after a full-path loss.
     """
+
+    kl_sums: dict[str, torch.Tensor] | None = None
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        self.kl_sums = None
+        return super().differentiable_loss(model, guide, *args, **kwargs)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        """``TraceMeanField_ELBO``'s particle loss, same operations in the same order, for
+        models whose latent sites all have a closed-form KL; records ``kl_sums``."""
+        if is_validation_enabled():
+            return super()._differentiable_loss_particle(model_trace, guide_trace)
+        elbo_particle, kl_sums = 0, {}
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo_particle = elbo_particle + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+            kl_sums[name] = kl_qp.detach().sum()
+            kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+            elbo_particle = elbo_particle - kl_qp.sum()
+        self.kl_sums = kl_sums
+        return -torch_item(elbo_particle), -elbo_particle
 
     def _get_trace(self, model, guide, args, kwargs):
         if is_validation_enabled():
@@ -108,12 +140,14 @@ class NegativeELBO(nn.Module):
         super().__init__()
         self.model, self.elbo = model, elbo
         self.traces = None
+        self.kl_sums = None
 
     def forward(self, batch: Batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
         traced_model = poutine.trace(self.model.model)
         traced_guide = poutine.trace(self.model.guide)
         loss = self.elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
         self.traces = (traced_model.trace, traced_guide.trace)
+        self.kl_sums = getattr(self.elbo, "kl_sums", None)
         return loss
 
 
@@ -134,8 +168,8 @@ def svi_step(
     objective = NegativeELBO(model, elbo) if objective is None else objective
     optimizer.zero_grad(set_to_none=True)
     loss = objective(batch, obs_scale, kl_scale)
-    traces = getattr(objective, "module", objective).traces
-    terms = step_terms(*traces, batch, loss.item())
+    inner = getattr(objective, "module", objective)
+    terms = step_terms(*inner.traces, batch, loss.item(), inner.kl_sums)
     if isinstance(objective, nn.parallel.DistributedDataParallel):
         # every rank must take the same branch, or the others hang in the gradient all-reduce
         total = torch.tensor([terms.loss], dtype=torch.float64, device=loss.device)
@@ -157,10 +191,16 @@ def svi_step(
 
 
 @torch.no_grad()
-def step_terms(model_trace, guide_trace, batch: Batch, loss: float) -> StepTerms:
-    """Unscaled NLL and KL sums of traced model and guide (closed-form KL where registered)."""
+def step_terms(
+    model_trace, guide_trace, batch: Batch, loss: float, kl_sums: dict | None = None
+) -> StepTerms:
+    """Unscaled NLL and KL sums of traced model and guide (closed-form KL where registered);
+    ``kl_sums`` (per latent site, from :class:`ClosedFormKLELBO`) saves computing the KL again."""
     obs = model_trace.nodes["obs"]
     nll = -float(obs["fn"].log_prob(obs["value"]).sum())
+    if kl_sums is not None:
+        kl = sum(float(kl_sums[name]) for name in LATENT_SITES)
+        return StepTerms(loss, nll, batch.n_examples, kl, 2 * int(batch.mask.sum()))
     kl = 0.0
     for name in LATENT_SITES:
         q, p = guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]
@@ -266,7 +306,15 @@ def fit(
     ``distributed``: train data-parallel under DDP (see :mod:`pyro_bamf.distributed`); every
     rank evaluates the same leave-one-out pool with the same weights, so all ranks stop
     together; global batches with fewer groups than ranks are skipped.
+
+    Pyro's validation is set to ``config.pyro_validation`` while training (off by default:
+    loss and gradients are checked for NaN and inf at every step either way).
     """
+    with pyro.validation_enabled(config.pyro_validation):
+        return _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distributed)
+
+
+def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distributed):
     rng = np.random.default_rng([config.seed, 1])
     elbo = make_elbo(config)
     objective = NegativeELBO(model, elbo)
