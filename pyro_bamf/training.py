@@ -69,14 +69,16 @@ class ClosedFormKLELBO(TraceMeanField_ELBO):
     log-probabilities; here only those are evaluated, so the loss is bit-identical (tested)
     and a step ~4 ms cheaper at L = 300. With Pyro's validation on, the full path runs.
 
-    After each loss, ``kl_sums`` maps every latent site to its unscaled KL sum (detached), so
-    the logged KL need not be computed a second time; ``None`` after a full-path loss.
+    After each loss, ``traces`` holds its ``(model_trace, guide_trace)`` and ``kl_sums`` maps
+    every latent site to its unscaled KL sum (detached; ``None`` after a full-path loss), so
+    that logging needs neither a second trace nor a second KL.
     """
 
+    traces: tuple | None = None
     kl_sums: dict[str, torch.Tensor] | None = None
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        self.kl_sums = None
+        self.traces = self.kl_sums = None
         return super().differentiable_loss(model, guide, *args, **kwargs)
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
@@ -101,13 +103,15 @@ class ClosedFormKLELBO(TraceMeanField_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         if is_validation_enabled():
-            return super()._get_trace(model, guide, args, kwargs)
+            self.traces = super()._get_trace(model, guide, args, kwargs)
+            return self.traces
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed, graph_type="flat").get_trace(*args, **kwargs)
         guide_trace = prune_subsample_sites(guide_trace)  # the plates' sites, as Pyro does
         model_trace = prune_subsample_sites(model_trace)
         model_trace.compute_log_prob(lambda name, site: site["is_observed"])
+        self.traces = (model_trace, guide_trace)
         return model_trace, guide_trace
 
 
@@ -143,6 +147,11 @@ class NegativeELBO(nn.Module):
         self.kl_sums = None
 
     def forward(self, batch: Batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
+        if isinstance(self.elbo, ClosedFormKLELBO):  # it keeps its traces and KL sums
+            model, guide = self.model.model, self.model.guide
+            loss = self.elbo.differentiable_loss(model, guide, batch, obs_scale, kl_scale)
+            self.traces, self.kl_sums = self.elbo.traces, self.elbo.kl_sums
+            return loss
         traced_model = poutine.trace(self.model.model)
         traced_guide = poutine.trace(self.model.guide)
         loss = self.elbo.differentiable_loss(traced_model, traced_guide, batch, obs_scale, kl_scale)
@@ -197,7 +206,8 @@ def step_terms(
     """Unscaled NLL and KL sums of traced model and guide (closed-form KL where registered);
     ``kl_sums`` (per latent site, from :class:`ClosedFormKLELBO`) saves computing the KL again."""
     obs = model_trace.nodes["obs"]
-    nll = -float(obs["fn"].log_prob(obs["value"]).sum())
+    log_p = obs.get("unscaled_log_prob")
+    nll = -float((obs["fn"].log_prob(obs["value"]) if log_p is None else log_p).sum())
     if kl_sums is not None:
         kl = sum(float(kl_sums[name]) for name in LATENT_SITES)
         return StepTerms(loss, nll, batch.n_examples, kl, 2 * int(batch.mask.sum()))
