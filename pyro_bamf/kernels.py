@@ -142,16 +142,24 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _run(calls) -> None:
-    """Run the chunk calls on torch's thread count (ctypes releases the GIL)."""
+    """Run the chunk calls on torch's thread count: thread ``t`` of ``n`` takes every ``n``-th
+    call from the ``t``-th, the calling thread the first share (ctypes releases the GIL). Each
+    chunk writes only its own outputs, so the result does not depend on ``n``."""
     global _pool
-    threads = max(1, torch.get_num_threads())
-    if threads == 1:
-        for call in calls:
+    threads = min(max(1, torch.get_num_threads()), len(calls))
+    shares = [calls[i::threads] for i in range(threads)]
+
+    def run_share(share) -> None:
+        for call in share:
             call()
-        return
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="bamf-kernel")
-    for future in [_pool.submit(call) for call in calls]:
+
+    if threads == 1:
+        return run_share(calls)
+    if _pool is None or _pool._max_workers != threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="bamf-kernel")
+    futures = [_pool.submit(run_share, share) for share in shares[1:]]
+    run_share(shares[0])
+    for future in futures:
         future.result()
 
 
