@@ -16,8 +16,8 @@ different draws.
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``: what ``torch.compile`` needs too) into ``$BAMF_KERNEL_CACHE`` (default
 ``~/.cache/pyro_bamf/kernels``), one library per embedding size, built atomically. Work is split
-into a fixed number of group chunks run on torch's thread count, so results do not depend on
-the number of threads.
+into a fixed number of group chunks run in parallel by OpenMP (in a torch process, torch's own
+OpenMP runtime and thread count), so results do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ CHUNKS = 16
 MAX_OUTPUTS = 2
 FULL_KEEP = 1 << 16  # keep threshold that keeps every element (no dropout)
 _BASE_FLAGS = (
-    "-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
+    "-O3", "-shared", "-fPIC", "-fopenmp", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
     "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
 )  # fmt: skip
 _ARCH_FLAGS = {
@@ -53,7 +52,6 @@ class KernelUnavailableError(RuntimeError):
 
 
 _libraries: dict[int, ctypes.CDLL] = {}
-_pool: ThreadPoolExecutor | None = None
 
 
 def compiler() -> str:
@@ -133,39 +131,19 @@ def _build(cc: str, flags: list[str], path: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-    lib.concat_scores_forward.argtypes = [ptr] * 6 + [i64, f32, u64, u32] + [i64] * 4 + [ptr]
-    lib.concat_scores_forward.restype = None
-    lib.concat_scores_backward.argtypes = [ptr] * 5 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 7
-    lib.concat_scores_backward.restype = None
+    lib.concat_scores_forward_all.argtypes = [ptr] * 6 + [i64, f32, u64, u32] + [i64] * 4 + [ptr]
+    lib.concat_scores_forward_all.restype = None
+    lib.concat_scores_backward_all.argtypes = (
+        [ptr] * 5 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 4
+    )
+    lib.concat_scores_backward_all.restype = None
     lib.concat_dropout_mask.argtypes = [u64, u32, i64, ptr]
     lib.concat_dropout_mask.restype = None
 
 
-def _run(calls) -> None:
-    """Run the chunk calls on torch's thread count: thread ``t`` of ``n`` takes every ``n``-th
-    call from the ``t``-th, the calling thread the first share (ctypes releases the GIL). Each
-    chunk writes only its own outputs, so the result does not depend on ``n``."""
-    global _pool
-    threads = min(max(1, torch.get_num_threads()), len(calls))
-    shares = [calls[i::threads] for i in range(threads)]
-
-    def run_share(share) -> None:
-        for call in share:
-            call()
-
-    if threads == 1:
-        return run_share(calls)
-    if _pool is None or _pool._max_workers != threads - 1:
-        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="bamf-kernel")
-    futures = [_pool.submit(run_share, share) for share in shares[1:]]
-    run_share(shares[0])
-    for future in futures:
-        future.result()
-
-
-def _chunks(groups: int) -> list[tuple[int, int]]:
-    size = -(-groups // CHUNKS)
-    return [(start, min(groups, start + size)) for start in range(0, groups, size)]
+def _chunk_size(groups: int) -> int:
+    """Groups per chunk: at most ``CHUNKS`` chunks, whatever the number of threads."""
+    return -(-groups // CHUNKS)
 
 
 class _ConcatScores(torch.autograd.Function):
@@ -176,13 +154,10 @@ class _ConcatScores(torch.autograd.Function):
         tensors = (query_part, key_part, norm_w, norm_b, out_w, out_b)
         inputs = [t.detach().contiguous() for t in tensors]
         out = query_part.new_empty(groups, size, length, outputs)
-        lib, ptrs = library(dim), [t.data_ptr() for t in inputs]
-        _run([
-            lambda a=a, b=b: lib.concat_scores_forward(
-                *ptrs, outputs, eps, seed, threshold, a, b, size, length, out.data_ptr()
-            )
-            for a, b in _chunks(groups)
-        ])  # fmt: skip
+        library(dim).concat_scores_forward_all(
+            *[t.data_ptr() for t in inputs], outputs, eps, seed, threshold,
+            groups, _chunk_size(groups), size, length, out.data_ptr(),
+        )  # fmt: skip
         ctx.save_for_backward(*inputs[:5])
         ctx.constants = (eps, seed, threshold)
         return out
@@ -194,22 +169,16 @@ class _ConcatScores(torch.autograd.Function):
         groups, size, dim = query_part.shape
         length, outputs = key_part.shape[1], out_w.shape[0]
         grad = grad.contiguous()
-        chunks = _chunks(groups)
+        chunk = _chunk_size(groups)
         d_query = torch.empty_like(query_part)
         d_key = torch.zeros_like(key_part)
-        partial = query_part.new_empty(len(chunks), 2 * dim + outputs * (dim + 1))
-        lib = library(dim)
-        ptrs = [t.data_ptr() for t in (query_part, key_part, norm_w, norm_b, out_w)]
-
-        def call(i: int, a: int, b: int) -> None:
-            row = partial[i].data_ptr()  # dgamma, dbeta, dw, db of chunk i, by byte offset
-            lib.concat_scores_backward(
-                *ptrs, outputs, eps, seed, threshold, a, b, size, length, grad.data_ptr(),
-                d_query.data_ptr(), d_key.data_ptr(),
-                row, row + 4 * dim, row + 8 * dim, row + 4 * (2 * dim + outputs * dim),
-            )  # fmt: skip
-
-        _run([lambda i=i, a=a, b=b: call(i, a, b) for i, (a, b) in enumerate(chunks)])
+        # per chunk: dgamma, dbeta (K each), dw (O x K), db (O); summed in chunk order
+        partial = query_part.new_empty(-(-groups // chunk), 2 * dim + outputs * (dim + 1))
+        library(dim).concat_scores_backward_all(
+            *[t.data_ptr() for t in (query_part, key_part, norm_w, norm_b, out_w)],
+            outputs, eps, seed, threshold, groups, chunk, size, length, grad.data_ptr(),
+            d_query.data_ptr(), d_key.data_ptr(), partial.data_ptr(),
+        )  # fmt: skip
         sums = partial.sum(0)
         d_norm_w, d_norm_b = sums[:dim], sums[dim : 2 * dim]
         d_out_w = sums[2 * dim : 2 * dim + outputs * dim].view(outputs, dim)

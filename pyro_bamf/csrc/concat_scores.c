@@ -160,3 +160,38 @@ void concat_dropout_mask(uint64_t seed, uint32_t threshold, int64_t pairs, uint8
         for (int k = 0; k < DIM; k++) mask[p * DIM + k] = keep[k] != 0.0f;
     }
 }
+
+/* The passes over all groups, split into chunks of `chunk` groups run in parallel under
+ * OpenMP (torch's own runtime once loaded into a torch process: no second thread pool).
+ * Chunk c's parameter gradients go to row c of `partial` (dgamma, dbeta, dow, dob), summed
+ * by the caller in chunk order, so results do not depend on the number of threads. */
+void concat_scores_forward_all(
+    const float *aq, const float *ak, const float *gamma, const float *beta, const float *ow,
+    const float *ob, int64_t outputs, float eps, uint64_t seed, uint32_t threshold,
+    int64_t G, int64_t chunk, int64_t S, int64_t L, float *out)
+{
+    int64_t chunks = (G + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t g1 = (c + 1) * chunk < G ? (c + 1) * chunk : G;
+        concat_scores_forward(aq, ak, gamma, beta, ow, ob, outputs, eps, seed, threshold,
+                              c * chunk, g1, S, L, out);
+    }
+}
+
+void concat_scores_backward_all(
+    const float *aq, const float *ak, const float *gamma, const float *beta, const float *ow,
+    int64_t outputs, float eps, uint64_t seed, uint32_t threshold, int64_t G, int64_t chunk,
+    int64_t S, int64_t L, const float *grad, float *daq, float *dak, float *partial)
+{
+    int64_t chunks = (G + chunk - 1) / chunk;
+    int64_t row = 2 * DIM + outputs * (DIM + 1);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t g1 = (c + 1) * chunk < G ? (c + 1) * chunk : G;
+        float *p = partial + c * row;
+        concat_scores_backward(aq, ak, gamma, beta, ow, outputs, eps, seed, threshold,
+                               c * chunk, g1, S, L, grad, daq, dak, p, p + DIM, p + 2 * DIM,
+                               p + 2 * DIM + outputs * DIM);
+    }
+}
