@@ -111,9 +111,10 @@ class ScoreNetwork(nn.Module):
     ``prod``: ``A = W (q * k) + b``.
 
     In training, ReLU and inverted dropout are one ``where`` on the mask ``(LN > 0) & keep``,
-    with the ``1 / keep_prob`` scale folded into ``w``. With ``fused`` set, ``concat`` scores
-    with autograd on CPU run through :func:`pyro_bamf.kernels.concat_scores` (one C pass per
-    direction, its own dropout draws with the same keep probability). Without autograd and in
+    with the ``1 / keep_prob`` scale folded into ``w``. With ``fused`` set, scores with
+    autograd on CPU run through :func:`pyro_bamf.kernels.concat_scores` or
+    :func:`~pyro_bamf.kernels.prod_scores` (one C pass per direction, their own dropout draws
+    with the same keep probability). Without autograd and in
     eval mode the score runs through :func:`compiled_eval_scores` when ``compiled`` is set.
     """
 
@@ -167,9 +168,9 @@ class ScoreNetwork(nn.Module):
         return _squeeze(nn.functional.linear(hidden, weight, self.out.bias))
 
     def _takes_kernel(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
-        """Whether :meth:`forward` runs on the C kernel: ``fused`` concat scores of float32 CPU
+        """Whether :meth:`forward` runs on the C kernels: ``fused`` scores of float32 CPU
         tensors shaped as BAMF's modules call them (see :meth:`_kernel_scores`)."""
-        if not self.fused or self.key is None or query.device.type != "cpu":
+        if not self.fused or query.device.type != "cpu":
             return False
         if query.dtype != torch.float32 or keys.dtype != torch.float32:
             return False
@@ -181,17 +182,21 @@ class ScoreNetwork(nn.Module):
         """User side ``query (G, K)``, ``keys (G, L, K)`` -> ``(G, L)``; item side ``query
         (G, S, K)``, ``keys (G, 1, L, K)`` -> ``(G, S, L)`` (a last axis of 2 with two outputs)."""
         user_side = query.dim() == 2
-        query_part = self.query(query.unsqueeze(1) if user_side else query)
-        key_part = self.key(keys if user_side else keys.squeeze(1))
+        query = query.unsqueeze(1) if user_side else query
+        keys = keys if user_side else keys.squeeze(1)
         weight, seed, threshold = self.out.weight, 0, kernels.FULL_KEEP
         if self.training and self.dropout > 0:
             threshold = round((1.0 - self.dropout) * kernels.FULL_KEEP)
             seed = int(torch.randint(2**62, (1,)))
             weight = weight / (threshold / kernels.FULL_KEEP)
-        scores = kernels.concat_scores(
-            query_part, key_part, self.norm.weight, self.norm.bias, weight, self.out.bias,
-            self.norm.eps, seed, threshold,
-        )  # fmt: skip
+        tail = (self.norm.weight, self.norm.bias, weight, self.out.bias, self.norm.eps)
+        if self.key is not None:
+            scores = kernels.concat_scores(
+                self.query(query), self.key(keys), *tail, seed, threshold
+            )
+        else:
+            layer = (self.query.weight, self.query.bias)
+            scores = kernels.prod_scores(query, keys, *layer, *tail, seed, threshold)
         return _squeeze(scores.squeeze(1) if user_side else scores)
 
 

@@ -1,23 +1,25 @@
-"""The ``concat`` attention score of training as one C kernel per pass (forward, backward).
+"""The attention score networks of training as one C kernel per pass (forward, backward).
 
 In eager PyTorch the score network of a batch writes and re-reads a dozen ``(G, S, L, K)``
 tensors (the pre-activation, layer-norm statistics and output, the dropout mask, ReLU, their
-gradients): ~70 % of a training step. ``csrc/concat_scores.c`` computes, per (example, history
-item) pair and without storing any ``(pair, K)`` tensor::
+gradients): ~70 % of a training step. ``csrc/concat_scores.c`` and ``csrc/prod_scores.c``
+compute, per (example, history item) pair and without storing any ``(pair, K)`` tensor::
 
-    psi = w . (keep * ReLU(LN(a_q + a_k))) + b          a_q = W_q q + b_q,  a_k = W_k k
+    psi = w . (keep * ReLU(LN(A))) + b     concat: A = a_q + a_k  (a_q = W_q q + b_q, a_k = W_k k)
+                                           prod:   A = W (q * k) + b
 
-and its backward pass recomputes ``LN(a_q + a_k)`` and the dropout mask from the inputs and a
-seed. The dropout mask draws its own uniforms (a 32-bit integer hash of the element index keyed
-by a seed from torch's generator), with the keep probability of
+and their backward passes recompute ``A``, the layer norm and the dropout mask from the inputs
+and a seed. The dropout mask draws its own uniforms (a 32-bit integer hash of the element index
+keyed by a seed from torch's generator), with the keep probability of
 :func:`pyro_bamf.attention.dropout_keep_mask`: the same model and distribution as the eager path,
 different draws.
 
-The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
+The kernels are compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``: what ``torch.compile`` needs too) into ``$BAMF_KERNEL_CACHE`` (default
-``~/.cache/pyro_bamf/kernels``), one library per embedding size, built atomically. Work is split
-into a fixed number of group chunks run in parallel by OpenMP (in a torch process, torch's own
-OpenMP runtime and thread count), so results do not depend on the number of threads.
+``~/.cache/pyro_bamf/kernels``), one library per score function and embedding size, built
+atomically. Work is split into a fixed number of group chunks run in parallel by OpenMP (in a
+torch process, torch's own OpenMP runtime and thread count), so results do not depend on the
+number of threads.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "concat_scores.c"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = {"concat": CSRC / "concat_scores.c", "prod": CSRC / "prod_scores.c"}
 CHUNKS = 16
 MAX_OUTPUTS = 2
 FULL_KEEP = 1 << 16  # keep threshold that keeps every element (no dropout)
@@ -51,7 +54,7 @@ class KernelUnavailableError(RuntimeError):
     """The C kernel cannot be built or loaded here (no compiler, a failed build)."""
 
 
-_libraries: dict[int, ctypes.CDLL] = {}
+_libraries: dict[tuple[str, int], ctypes.CDLL] = {}
 
 
 def compiler() -> str:
@@ -85,37 +88,39 @@ def build_flags(dim: int) -> list[str]:
     return [*_BASE_FLAGS, *_ARCH_FLAGS.get(arch, ()), f"-DDIM={dim}"]
 
 
-def library_path(dim: int) -> Path:
-    """Where the library for ``dim`` is cached: named by a hash of source, compiler and flags."""
-    key = (SOURCE.read_bytes(), compiler(), build_flags(dim))
-    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
-    return cache_dir() / f"concat_scores_k{dim}_{digest}.so"
+def library_path(dim: int, kind: str = "concat") -> Path:
+    """Where the ``kind`` library for ``dim`` is cached, named by a hash of the sources,
+    compiler and flags."""
+    sources = [path.read_bytes() for path in sorted(SOURCES.values())]
+    digest = hashlib.sha256(repr((sources, compiler(), build_flags(dim))).encode()).hexdigest()
+    return cache_dir() / f"{kind}_scores_k{dim}_{digest[:16]}.so"
 
 
-def library(dim: int) -> ctypes.CDLL:
-    """The kernel library for embedding size ``dim``: loaded, else built (once per process)."""
-    if dim not in _libraries:
-        cc, flags, path = compiler(), build_flags(dim), library_path(dim)
+def library(dim: int, kind: str = "concat") -> ctypes.CDLL:
+    """The ``kind`` kernel library for embedding size ``dim``: loaded, else built (once per
+    process)."""
+    if (kind, dim) not in _libraries:
+        cc, flags, path = compiler(), build_flags(dim), library_path(dim, kind)
         if not path.exists():
-            _build(cc, flags, path)
+            _build(cc, flags, SOURCES[kind], path)
         try:
             lib = ctypes.CDLL(str(path))
         except OSError:  # a damaged cache entry: rebuild it once
-            _build(cc, flags, path)
+            _build(cc, flags, SOURCES[kind], path)
             lib = ctypes.CDLL(str(path))
         _declare(lib)
-        _libraries[dim] = lib
-    return _libraries[dim]
+        _libraries[kind, dim] = lib
+    return _libraries[kind, dim]
 
 
-def _build(cc: str, flags: list[str], path: Path) -> None:
+def _build(cc: str, flags: list[str], source: Path, path: Path) -> None:
     """Compile into a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=path.parent)
     os.close(handle)
     try:
         done = subprocess.run(
-            [cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
+            [cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True
         )
         if done.returncode != 0:
             raise KernelUnavailableError(
@@ -131,14 +136,17 @@ def _build(cc: str, flags: list[str], path: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-    lib.concat_scores_forward_all.argtypes = [ptr] * 6 + [i64, f32, u64, u32] + [i64] * 4 + [ptr]
-    lib.concat_scores_forward_all.restype = None
-    lib.concat_scores_backward_all.argtypes = (
-        [ptr] * 5 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 4
-    )
-    lib.concat_scores_backward_all.restype = None
-    lib.concat_dropout_mask.argtypes = [u64, u32, i64, ptr]
-    lib.concat_dropout_mask.restype = None
+    signatures = {
+        "concat_scores_forward_all": [ptr] * 6 + [i64, f32, u64, u32] + [i64] * 4 + [ptr],
+        "concat_scores_backward_all": [ptr] * 5 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 4,
+        "prod_scores_forward_all": [ptr] * 8 + [i64, f32, u64, u32] + [i64] * 4 + [ptr],
+        "prod_scores_backward_all": [ptr] * 8 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 4,
+        "concat_dropout_mask": [u64, u32, i64, ptr],
+    }
+    for name, argtypes in signatures.items():
+        if hasattr(lib, name):
+            getattr(lib, name).argtypes = argtypes
+            getattr(lib, name).restype = None
 
 
 def _chunk_size(groups: int) -> int:
@@ -186,6 +194,69 @@ class _ConcatScores(torch.autograd.Function):
         return d_query, d_key, d_norm_w, d_norm_b, d_out_w, d_out_b, None, None, None
 
 
+class _ProdScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, keys, weight, bias, norm_w, norm_b, out_w, out_b, eps, seed, threshold):
+        groups, size, dim = query.shape
+        length, outputs = keys.shape[1], out_w.shape[0]
+        tensors = (query, keys, weight, bias, norm_w, norm_b, out_w, out_b)
+        inputs = [t.detach().contiguous() for t in tensors]
+        weight_t = inputs[2].t().contiguous()
+        out = query.new_empty(groups, size, length, outputs)
+        ptrs = [t.data_ptr() for t in (inputs[0], inputs[1], weight_t, *inputs[3:])]
+        library(dim, "prod").prod_scores_forward_all(
+            *ptrs, outputs, eps, seed, threshold,
+            groups, _chunk_size(groups), size, length, out.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(*inputs[:7], weight_t)
+        ctx.constants = (eps, seed, threshold)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, keys, weight, bias, norm_w, norm_b, out_w, weight_t = ctx.saved_tensors
+        eps, seed, threshold = ctx.constants
+        groups, size, dim = query.shape
+        length, outputs = keys.shape[1], out_w.shape[0]
+        grad = grad.contiguous()
+        chunk = _chunk_size(groups)
+        d_query, d_keys = torch.zeros_like(query), torch.zeros_like(keys)
+        # per chunk: dgamma, dbeta (K each), dw (O x K), db (O), d(W^T) (K x K), d bias (K)
+        width = 2 * dim + outputs * (dim + 1) + dim * dim + dim
+        partial = query.new_empty(-(-groups // chunk), width)
+        ptrs = [t.data_ptr() for t in (query, keys, weight, weight_t, bias, norm_w, norm_b, out_w)]
+        library(dim, "prod").prod_scores_backward_all(
+            *ptrs, outputs, eps, seed, threshold, groups, chunk, size, length, grad.data_ptr(),
+            d_query.data_ptr(), d_keys.data_ptr(), partial.data_ptr(),
+        )  # fmt: skip
+        sums = partial.sum(0)
+        d_norm_w, d_norm_b = sums[:dim], sums[dim : 2 * dim]
+        start = 2 * dim + outputs * dim
+        d_out_w = sums[2 * dim : start].view(outputs, dim)
+        d_out_b = sums[start : start + outputs]
+        d_weight = sums[start + outputs : start + outputs + dim * dim].view(dim, dim).t()
+        d_bias = sums[start + outputs + dim * dim :]
+        return (
+            d_query, d_keys, d_weight, d_bias, d_norm_w, d_norm_b, d_out_w, d_out_b,
+            None, None, None,
+        )  # fmt: skip
+
+
+def _check(query, keys, out_weight, keep_threshold, tensors) -> None:
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        raise ValueError("the score kernels take float32 CPU tensors")
+    groups, size, dim = query.shape
+    if keys.dim() != 3 or keys.shape[0] != groups or keys.shape[2] != dim:
+        raise ValueError(f"keys must be (G, L, K) = ({groups}, L, {dim}), got {tuple(keys.shape)}")
+    if not 1 <= out_weight.shape[0] <= MAX_OUTPUTS or out_weight.shape[1] != dim:
+        shape = tuple(out_weight.shape)
+        raise ValueError(f"out_weight must be (O, {dim}) with O <= 2, got {shape}")
+    if groups * size * keys.shape[1] * dim >= 2**32:
+        raise ValueError("over 2^32 pair features in one call; split the batch")
+    if not 0 <= keep_threshold <= FULL_KEEP:
+        raise ValueError(f"keep_threshold must be in [0, 2^16], got {keep_threshold}")
+
+
 def concat_scores(
     query_part: torch.Tensor,
     key_part: torch.Tensor,
@@ -206,21 +277,33 @@ def concat_scores(
     ``keep_threshold / 2^16`` (``2^16``: no dropout) by draws keyed by ``seed``.
     """
     tensors = (query_part, key_part, norm_weight, norm_bias, out_weight, out_bias)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        raise ValueError("concat_scores takes float32 CPU tensors")
-    groups, size, dim = query_part.shape
-    if key_part.dim() != 3 or key_part.shape[0] != groups or key_part.shape[2] != dim:
-        raise ValueError(
-            f"key_part must be (G, L, K) = ({groups}, L, {dim}), got {tuple(key_part.shape)}"
-        )
-    if not 1 <= out_weight.shape[0] <= MAX_OUTPUTS or out_weight.shape[1] != dim:
-        shape = tuple(out_weight.shape)
-        raise ValueError(f"out_weight must be (O, {dim}) with O <= 2, got {shape}")
-    if groups * size * key_part.shape[1] * dim >= 2**32:
-        raise ValueError("concat_scores: over 2^32 pair features in one call; split the batch")
-    if not 0 <= keep_threshold <= FULL_KEEP:
-        raise ValueError(f"keep_threshold must be in [0, 2^16], got {keep_threshold}")
+    _check(query_part, key_part, out_weight, keep_threshold, tensors)
     return _ConcatScores.apply(*tensors, float(eps), int(seed), int(keep_threshold))
+
+
+def prod_scores(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    eps: float,
+    seed: int = 0,
+    keep_threshold: int = FULL_KEEP,
+) -> torch.Tensor:
+    """``psi[g, s, l, o] = w_o . (keep * ReLU(LN(W (q[g, s] * k[g, l]) + b))) + b_o``.
+
+    ``query (G, S, K)``, ``keys (G, L, K)``, ``weight (K, K)``, ``bias (K,)``; the rest and the
+    dropout draws as in :func:`concat_scores` (the same mask for the same seed and shape).
+    """
+    tensors = (query, keys, weight, bias, norm_weight, norm_bias, out_weight, out_bias)
+    _check(query, keys, out_weight, keep_threshold, tensors)
+    if weight.shape != (query.shape[2],) * 2:
+        raise ValueError(f"weight must be (K, K), got {tuple(weight.shape)}")
+    return _ProdScores.apply(*tensors, float(eps), int(seed), int(keep_threshold))
 
 
 def dropout_mask(seed: int, keep_threshold: int, pairs: int, dim: int) -> torch.Tensor:

@@ -36,18 +36,41 @@ def gradients(scores, grad, tensors):
     return torch.autograd.grad(scores, tensors, grad)
 
 
+def prod_leaves(groups, size, length, outputs, seed=0):
+    """``query, keys, W, b`` and the layer-norm / projection tensors of :func:`leaves`."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    layer = [0.4 * torch.randn(K, K, generator=gen), 0.2 * torch.randn(K, generator=gen)]
+    first = leaves(groups, size, length, outputs, seed=seed)
+    return first[:2] + [t.requires_grad_() for t in layer] + first[2:]
+
+
+def reference_prod_scores(query, keys, weight, bias, *tail):
+    """``w . (keep * ReLU(LN(W (q * k) + b))) + b_o`` formed pair by pair with torch ops."""
+    norm_w, norm_b, out_w, out_b, keep = tail
+    hidden = torch.nn.functional.linear(query.unsqueeze(2) * keys.unsqueeze(1), weight, bias)
+    hidden = torch.nn.functional.layer_norm(hidden, (hidden.shape[-1],), norm_w, norm_b, 1e-5)
+    return torch.nn.functional.linear(torch.relu(hidden) * keep, out_w, out_b)
+
+
+@pytest.mark.parametrize("kind", ["concat", "prod"])
 @pytest.mark.parametrize("outputs", [1, 2])
 @pytest.mark.parametrize(("groups", "size", "length"), [(5, 3, 11), (19, 1, 7), (1, 2, 1)])
-def test_kernel_equals_pytorch_with_its_own_dropout_mask(groups, size, length, outputs):
-    tensors = leaves(groups, size, length, outputs)
+def test_kernel_equals_pytorch_with_its_own_dropout_mask(kind, groups, size, length, outputs):
+    if kind == "concat":
+        tensors = leaves(groups, size, length, outputs)
+        kernel, reference = kernels.concat_scores, reference_scores
+    else:
+        tensors = prod_leaves(groups, size, length, outputs)
+        kernel, reference = kernels.prod_scores, reference_prod_scores
     threshold = round(0.75 * kernels.FULL_KEEP)
     seed = 987654321987
     keep = kernels.dropout_mask(seed, threshold, groups * size * length, K)
     keep = keep.view(groups, size, length, K).float()
     grad = torch.randn(groups, size, length, outputs)
     grad[:, :, -1] = 0.0  # a masked position: skipped by the backward pass
-    fast = kernels.concat_scores(*tensors, 1e-5, seed, threshold)
-    slow = reference_scores(*tensors, keep)
+    grad[0, 0, 0] = 1.0  # at least one pair carries a gradient
+    fast = kernel(*tensors, 1e-5, seed, threshold)
+    slow = reference(*tensors, keep)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     for got, want in zip(
         gradients(fast, grad, tensors), gradients(slow, grad, tensors), strict=True
@@ -79,15 +102,17 @@ def test_dropout_mask_keep_rate_independence_and_seeding():
     assert (mask != kernels.dropout_mask(43, threshold, pairs, K)).float().mean() > 0.2
 
 
-def test_results_do_not_depend_on_the_number_of_threads():
-    tensors = leaves(40, 5, 30, 2)
+@pytest.mark.parametrize("kind", ["concat", "prod"])
+def test_results_do_not_depend_on_the_number_of_threads(kind):
+    tensors = leaves(40, 5, 30, 2) if kind == "concat" else prod_leaves(40, 5, 30, 2)
+    kernel = kernels.concat_scores if kind == "concat" else kernels.prod_scores
     grad = torch.randn(40, 5, 30, 2)
     threads = torch.get_num_threads()
     runs = []
     try:
         for count in (1, 3):
             torch.set_num_threads(count)
-            scores = kernels.concat_scores(*tensors, 1e-5, 7, 50000)
+            scores = kernel(*tensors, 1e-5, 7, 50000)
             runs.append((scores.detach(), *gradients(scores, grad, tensors)))
     finally:
         torch.set_num_threads(threads)
@@ -95,10 +120,11 @@ def test_results_do_not_depend_on_the_number_of_threads():
         assert torch.equal(one, three)
 
 
-def test_score_network_fused_path_equals_eager_path_without_dropout():
+@pytest.mark.parametrize("kind", ["concat", "prod"])
+def test_score_network_fused_path_equals_eager_path_without_dropout(kind):
     torch.manual_seed(3)
-    eager = ScoreNetwork(K, "concat", dropout=0.2, outputs=2)
-    fused = ScoreNetwork(K, "concat", dropout=0.2, outputs=2, fused=True)
+    eager = ScoreNetwork(K, kind, dropout=0.2, outputs=2)
+    fused = ScoreNetwork(K, kind, dropout=0.2, outputs=2, fused=True)
     fused.load_state_dict(eager.state_dict())
     eager.eval(), fused.eval()  # autograd on, no dropout: both paths are deterministic
     item_side = (torch.randn(4, 3, K), torch.randn(4, 1, 9, K))
@@ -117,8 +143,9 @@ def test_score_network_fused_path_equals_eager_path_without_dropout():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_score_network_fused_dropout_is_inverted_and_seeded_by_torch():
-    net = ScoreNetwork(K, "concat", dropout=0.4, fused=True)
+@pytest.mark.parametrize("kind", ["concat", "prod"])
+def test_score_network_fused_dropout_is_inverted_and_seeded_by_torch(kind):
+    net = ScoreNetwork(K, kind, dropout=0.4, fused=True)
     query, keys = torch.randn(2000, 3, K), torch.randn(2000, 1, 5, K)
     net.eval()
     plain = net(query[:1], keys[:1]).detach()
@@ -136,7 +163,7 @@ def test_bad_inputs_are_refused_with_the_problem_named():
     tensors = leaves(2, 3, 4, 1)
     with pytest.raises(ValueError, match="float32 CPU"):
         kernels.concat_scores(*[t.double() for t in tensors], 1e-5)
-    with pytest.raises(ValueError, match=r"key_part must be \(G, L, K\)"):
+    with pytest.raises(ValueError, match=r"keys must be \(G, L, K\)"):
         kernels.concat_scores(tensors[0], tensors[1][:1], *tensors[2:], 1e-5)
     three = torch.randn(3, K)
     with pytest.raises(ValueError, match="O <= 2"):

@@ -1,0 +1,158 @@
+/* The NAIS `prod` attention score of BAMF for every (example, history item) pair, forward and
+ * backward, in one pass over the pairs (see pyro_bamf/kernels.py):
+ *
+ *   A    = W (q * k) + b                   q (G, S, K), k (G, L, K), W (K, K), b (K)
+ *   psi  = w_o . (keep * ReLU(LN(A))) + b_o
+ *
+ * The layer norm, dropout mask (same draws as the concat kernel) and projection are those of
+ * concat_scores.c, included below; only the pre-activation A differs. W is passed as W and its
+ * transpose WT so that both products run over contiguous rows.
+ */
+#include "concat_scores.c"
+
+/* A = W (q * k) + b from WT (K, K), row m holding column m of W; x = q * k is kept */
+static inline void prod_preactivation(const float *restrict q, const float *restrict k,
+                                      const float *restrict wt, const float *restrict bias,
+                                      float *restrict x, float *restrict a) {
+    for (int j = 0; j < DIM; j++) a[j] = bias[j];
+    for (int m = 0; m < DIM; m++) {
+        x[m] = q[m] * k[m];
+        for (int j = 0; j < DIM; j++) a[j] += x[m] * wt[m * DIM + j];
+    }
+}
+
+void prod_scores_forward(
+    const float *restrict q, const float *restrict k, const float *restrict wt,
+    const float *restrict bias, const float *restrict gamma, const float *restrict beta,
+    const float *restrict ow, const float *restrict ob, int64_t outputs, float eps,
+    uint64_t seed, uint32_t threshold, int64_t g0, int64_t g1, int64_t S, int64_t L,
+    float *restrict out)
+{
+    static const float zero[DIM] = {0};
+    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM];
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t l = 0; l < L; l++) {
+                int64_t pair = (g * S + s) * L + l;
+                prod_preactivation(q + (g * S + s) * DIM, k + (g * L + l) * DIM, wt, bias, x, a);
+                features(a, zero, gamma, beta, eps, n, h);
+                keep_mask(seed, pair, threshold, keep);
+                for (int64_t o = 0; o < outputs; o++) {
+                    const float *w = ow + o * DIM;
+                    float acc = 0.0f;
+                    for (int j = 0; j < DIM; j++) acc += (h[j] > 0.0f ? h[j] : 0.0f) * keep[j] * w[j];
+                    out[pair * outputs + o] = acc + ob[o];
+                }
+            }
+}
+
+/* Gradients for groups g0 <= g < g1: rows g of dq (G, S, K) and dk (G, L, K) (both must start
+ * at zero), and this call's partial sums: dgamma, dbeta (K), dow (outputs, K), dob (outputs),
+ * dwt (K, K: the gradient of WT) and dbias (K). */
+void prod_scores_backward(
+    const float *restrict q, const float *restrict k, const float *restrict w,
+    const float *restrict wt, const float *restrict bias, const float *restrict gamma,
+    const float *restrict beta, const float *restrict ow, int64_t outputs, float eps,
+    uint64_t seed, uint32_t threshold, int64_t g0, int64_t g1, int64_t S, int64_t L,
+    const float *restrict grad, float *restrict dq, float *restrict dk,
+    float *restrict partial)
+{
+    static const float zero[DIM] = {0};
+    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM], dh[DIM], dn[DIM], da[DIM], dx[DIM];
+    float acc_gamma[DIM] = {0}, acc_beta[DIM] = {0}, acc_w[MAX_OUTPUTS][DIM] = {{0}};
+    float acc_b[MAX_OUTPUTS] = {0}, acc_wt[DIM * DIM] = {0}, acc_bias[DIM] = {0};
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t s = 0; s < S; s++) {
+            const float *qv = q + (g * S + s) * DIM;
+            float *dqv = dq + (g * S + s) * DIM;
+            for (int64_t l = 0; l < L; l++) {
+                int64_t pair = (g * S + s) * L + l;
+                const float *go = grad + pair * outputs;
+                int any = 0;
+                for (int64_t o = 0; o < outputs; o++) any |= go[o] != 0.0f;
+                if (!any) continue;
+                const float *kv = k + (g * L + l) * DIM;
+                prod_preactivation(qv, kv, wt, bias, x, a);
+                float rstd = features(a, zero, gamma, beta, eps, n, h);
+                keep_mask(seed, pair, threshold, keep);
+                for (int j = 0; j < DIM; j++) {
+                    keep[j] = h[j] > 0.0f ? keep[j] : 0.0f; /* d y / d h */
+                    dh[j] = 0.0f;
+                }
+                for (int64_t o = 0; o < outputs; o++) {
+                    const float *wo = ow + o * DIM;
+                    for (int j = 0; j < DIM; j++) {
+                        acc_w[o][j] += go[o] * (h[j] * keep[j]);
+                        dh[j] += go[o] * wo[j];
+                    }
+                    acc_b[o] += go[o];
+                }
+                float m1 = 0.0f, m2 = 0.0f;
+                for (int j = 0; j < DIM; j++) {
+                    dh[j] *= keep[j];
+                    acc_gamma[j] += dh[j] * n[j];
+                    acc_beta[j] += dh[j];
+                    dn[j] = dh[j] * gamma[j];
+                    m1 += dn[j];
+                    m2 += dn[j] * n[j];
+                }
+                m1 *= 1.0f / DIM;
+                m2 *= 1.0f / DIM;
+                for (int j = 0; j < DIM; j++) {
+                    da[j] = rstd * (dn[j] - m1 - n[j] * m2);
+                    acc_bias[j] += da[j];
+                    dx[j] = 0.0f;
+                }
+                for (int j = 0; j < DIM; j++) /* dx = W^T da, over rows of W */
+                    for (int m = 0; m < DIM; m++) dx[m] += da[j] * w[j * DIM + m];
+                for (int m = 0; m < DIM; m++) { /* dWT[m, :] += x[m] da */
+                    for (int j = 0; j < DIM; j++) acc_wt[m * DIM + j] += x[m] * da[j];
+                    dqv[m] += dx[m] * kv[m];
+                }
+                float *dkv = dk + (g * L + l) * DIM;
+                for (int m = 0; m < DIM; m++) dkv[m] += dx[m] * qv[m];
+            }
+        }
+    float *p = partial;
+    for (int j = 0; j < DIM; j++) { p[j] = acc_gamma[j]; p[DIM + j] = acc_beta[j]; }
+    p += 2 * DIM;
+    for (int64_t o = 0; o < outputs; o++)
+        for (int j = 0; j < DIM; j++) p[o * DIM + j] = acc_w[o][j];
+    p += outputs * DIM;
+    for (int64_t o = 0; o < outputs; o++) p[o] = acc_b[o];
+    p += outputs;
+    for (int j = 0; j < DIM * DIM; j++) p[j] = acc_wt[j];
+    p += DIM * DIM;
+    for (int j = 0; j < DIM; j++) p[j] = acc_bias[j];
+}
+
+void prod_scores_forward_all(
+    const float *q, const float *k, const float *wt, const float *bias, const float *gamma,
+    const float *beta, const float *ow, const float *ob, int64_t outputs, float eps,
+    uint64_t seed, uint32_t threshold, int64_t G, int64_t chunk, int64_t S, int64_t L,
+    float *out)
+{
+    int64_t chunks = (G + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t g1 = (c + 1) * chunk < G ? (c + 1) * chunk : G;
+        prod_scores_forward(q, k, wt, bias, gamma, beta, ow, ob, outputs, eps, seed, threshold,
+                            c * chunk, g1, S, L, out);
+    }
+}
+
+void prod_scores_backward_all(
+    const float *q, const float *k, const float *w, const float *wt, const float *bias,
+    const float *gamma, const float *beta, const float *ow, int64_t outputs, float eps,
+    uint64_t seed, uint32_t threshold, int64_t G, int64_t chunk, int64_t S, int64_t L,
+    const float *grad, float *dq, float *dk, float *partial)
+{
+    int64_t chunks = (G + chunk - 1) / chunk;
+    int64_t row = 2 * DIM + outputs * (DIM + 1) + DIM * DIM + DIM;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t g1 = (c + 1) * chunk < G ? (c + 1) * chunk : G;
+        prod_scores_backward(q, k, w, wt, bias, gamma, beta, ow, outputs, eps, seed, threshold,
+                             c * chunk, g1, S, L, grad, dq, dk, partial + c * row);
+    }
+}
