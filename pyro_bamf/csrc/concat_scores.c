@@ -59,6 +59,58 @@ static inline float features(const float *restrict aq, const float *restrict ak,
     return rstd;
 }
 
+/* The layer-norm and projection gradients of a chunk, summed over its pairs */
+typedef struct {
+    float gamma[DIM], beta[DIM], w[MAX_OUTPUTS][DIM], b[MAX_OUTPUTS];
+} head_grads;
+
+/* d A of one pair into da, from d psi (go), n, h, rstd and the pair's keep mask (overwritten
+ * with d y / d h); adds the pair's layer-norm and projection gradients to acc */
+static inline void head_backward(const float *restrict go, int64_t outputs,
+                                 const float *restrict ow, const float *restrict gamma,
+                                 const float *restrict n, const float *restrict h, float rstd,
+                                 float *restrict keep, head_grads *restrict acc,
+                                 float *restrict da) {
+    float dh[DIM], dn[DIM];
+    for (int k = 0; k < DIM; k++) {
+        keep[k] = h[k] > 0.0f ? keep[k] : 0.0f;  /* d y / d h */
+        dh[k] = 0.0f;
+    }
+    for (int64_t o = 0; o < outputs; o++) {
+        const float *w = ow + o * DIM;
+        for (int k = 0; k < DIM; k++) {
+            acc->w[o][k] += go[o] * (h[k] * keep[k]);
+            dh[k] += go[o] * w[k];
+        }
+        acc->b[o] += go[o];
+    }
+    float m1 = 0.0f, m2 = 0.0f;
+    for (int k = 0; k < DIM; k++) {
+        dh[k] *= keep[k];
+        acc->gamma[k] += dh[k] * n[k];
+        acc->beta[k] += dh[k];
+        dn[k] = dh[k] * gamma[k];
+        m1 += dn[k];
+        m2 += dn[k] * n[k];
+    }
+    m1 *= 1.0f / DIM;
+    m2 *= 1.0f / DIM;
+    for (int k = 0; k < DIM; k++) da[k] = rstd * (dn[k] - m1 - n[k] * m2);
+}
+
+/* A chunk's summed gradients into dgamma, dbeta (K), dow (outputs, K), dob (outputs) */
+static inline void head_store(const head_grads *acc, int64_t outputs, float *dgamma,
+                              float *dbeta, float *dow, float *dob) {
+    for (int k = 0; k < DIM; k++) {
+        dgamma[k] = acc->gamma[k];
+        dbeta[k] = acc->beta[k];
+    }
+    for (int64_t o = 0; o < outputs; o++) {
+        for (int k = 0; k < DIM; k++) dow[o * DIM + k] = acc->w[o][k];
+        dob[o] = acc->b[o];
+    }
+}
+
 /* psi (G, S, L, outputs) for groups g0 <= g < g1 */
 void concat_scores_forward(
     const float *restrict aq, const float *restrict ak, const float *restrict gamma,
@@ -95,9 +147,8 @@ void concat_scores_backward(
     const float *restrict grad, float *restrict daq, float *restrict dak,
     float *restrict dgamma, float *restrict dbeta, float *restrict dow, float *restrict dob)
 {
-    float n[DIM], h[DIM], keep[DIM], dh[DIM], dn[DIM], dq[DIM];
-    float acc_gamma[DIM] = {0}, acc_beta[DIM] = {0}, acc_w[MAX_OUTPUTS][DIM] = {{0}};
-    float acc_b[MAX_OUTPUTS] = {0};
+    float n[DIM], h[DIM], keep[DIM], da[DIM], dq[DIM];
+    head_grads acc = {0};
     for (int64_t g = g0; g < g1; g++)
         for (int64_t s = 0; s < S; s++) {
             const float *q = aq + (g * S + s) * DIM;
@@ -110,46 +161,16 @@ void concat_scores_backward(
                 if (!any) continue;
                 float rstd = features(q, ak + (g * L + l) * DIM, gamma, beta, eps, n, h);
                 keep_mask(seed, pair, threshold, keep);
-                for (int k = 0; k < DIM; k++) {
-                    keep[k] = h[k] > 0.0f ? keep[k] : 0.0f;  /* d y / d h */
-                    dh[k] = 0.0f;
-                }
-                for (int64_t o = 0; o < outputs; o++) {
-                    const float *w = ow + o * DIM;
-                    for (int k = 0; k < DIM; k++) {
-                        acc_w[o][k] += go[o] * (h[k] * keep[k]);
-                        dh[k] += go[o] * w[k];
-                    }
-                    acc_b[o] += go[o];
-                }
-                float m1 = 0.0f, m2 = 0.0f;
-                for (int k = 0; k < DIM; k++) {
-                    dh[k] *= keep[k];
-                    acc_gamma[k] += dh[k] * n[k];
-                    acc_beta[k] += dh[k];
-                    dn[k] = dh[k] * gamma[k];
-                    m1 += dn[k];
-                    m2 += dn[k] * n[k];
-                }
-                m1 *= 1.0f / DIM;
-                m2 *= 1.0f / DIM;
+                head_backward(go, outputs, ow, gamma, n, h, rstd, keep, &acc, da);
                 float *dk = dak + (g * L + l) * DIM;
                 for (int k = 0; k < DIM; k++) {
-                    float da = rstd * (dn[k] - m1 - n[k] * m2);
-                    dq[k] += da;
-                    dk[k] += da;
+                    dq[k] += da[k];
+                    dk[k] += da[k];
                 }
             }
             for (int k = 0; k < DIM; k++) daq[(g * S + s) * DIM + k] = dq[k];
         }
-    for (int k = 0; k < DIM; k++) {
-        dgamma[k] = acc_gamma[k];
-        dbeta[k] = acc_beta[k];
-    }
-    for (int64_t o = 0; o < outputs; o++) {
-        for (int k = 0; k < DIM; k++) dow[o * DIM + k] = acc_w[o][k];
-        dob[o] = acc_b[o];
-    }
+    head_store(&acc, outputs, dgamma, dbeta, dow, dob);
 }
 
 /* The dropout keep mask (pairs, K) the two passes use, as bytes (for tests and inspection). */

@@ -58,9 +58,9 @@ void prod_scores_backward(
     float *restrict partial)
 {
     static const float zero[DIM] = {0};
-    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM], dh[DIM], dn[DIM], da[DIM], dx[DIM];
-    float acc_gamma[DIM] = {0}, acc_beta[DIM] = {0}, acc_w[MAX_OUTPUTS][DIM] = {{0}};
-    float acc_b[MAX_OUTPUTS] = {0}, acc_wt[DIM * DIM] = {0}, acc_bias[DIM] = {0};
+    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM], da[DIM], dx[DIM];
+    float acc_wt[DIM * DIM] = {0}, acc_bias[DIM] = {0};
+    head_grads acc = {0};
     for (int64_t g = g0; g < g1; g++)
         for (int64_t s = 0; s < S; s++) {
             const float *qv = q + (g * S + s) * DIM;
@@ -75,31 +75,8 @@ void prod_scores_backward(
                 prod_preactivation(qv, kv, wt, bias, x, a);
                 float rstd = features(a, zero, gamma, beta, eps, n, h);
                 keep_mask(seed, pair, threshold, keep);
+                head_backward(go, outputs, ow, gamma, n, h, rstd, keep, &acc, da);
                 for (int j = 0; j < DIM; j++) {
-                    keep[j] = h[j] > 0.0f ? keep[j] : 0.0f; /* d y / d h */
-                    dh[j] = 0.0f;
-                }
-                for (int64_t o = 0; o < outputs; o++) {
-                    const float *wo = ow + o * DIM;
-                    for (int j = 0; j < DIM; j++) {
-                        acc_w[o][j] += go[o] * (h[j] * keep[j]);
-                        dh[j] += go[o] * wo[j];
-                    }
-                    acc_b[o] += go[o];
-                }
-                float m1 = 0.0f, m2 = 0.0f;
-                for (int j = 0; j < DIM; j++) {
-                    dh[j] *= keep[j];
-                    acc_gamma[j] += dh[j] * n[j];
-                    acc_beta[j] += dh[j];
-                    dn[j] = dh[j] * gamma[j];
-                    m1 += dn[j];
-                    m2 += dn[j] * n[j];
-                }
-                m1 *= 1.0f / DIM;
-                m2 *= 1.0f / DIM;
-                for (int j = 0; j < DIM; j++) {
-                    da[j] = rstd * (dn[j] - m1 - n[j] * m2);
                     acc_bias[j] += da[j];
                     dx[j] = 0.0f;
                 }
@@ -113,17 +90,11 @@ void prod_scores_backward(
                 for (int m = 0; m < DIM; m++) dkv[m] += dx[m] * qv[m];
             }
         }
-    float *p = partial;
-    for (int j = 0; j < DIM; j++) { p[j] = acc_gamma[j]; p[DIM + j] = acc_beta[j]; }
-    p += 2 * DIM;
-    for (int64_t o = 0; o < outputs; o++)
-        for (int j = 0; j < DIM; j++) p[o * DIM + j] = acc_w[o][j];
-    p += outputs * DIM;
-    for (int64_t o = 0; o < outputs; o++) p[o] = acc_b[o];
-    p += outputs;
+    float *p = partial + 2 * DIM + outputs * (DIM + 1);
+    head_store(&acc, outputs, partial, partial + DIM, partial + 2 * DIM,
+               partial + 2 * DIM + outputs * DIM);
     for (int j = 0; j < DIM * DIM; j++) p[j] = acc_wt[j];
-    p += DIM * DIM;
-    for (int j = 0; j < DIM; j++) p[j] = acc_bias[j];
+    for (int j = 0; j < DIM; j++) p[DIM * DIM + j] = acc_bias[j];
 }
 
 void prod_scores_forward_all(
