@@ -37,12 +37,19 @@ class Batch:
         history_items: np.ndarray,
         history_lengths: np.ndarray,
         labels: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
     ) -> Batch:
-        """Gather the users' histories, cut to the longest one in the batch, and mask them."""
+        """Gather the users' histories, cut to the longest one in the batch, and mask them.
+
+        ``exclude (G,)``: an item masked out of every example of its group as well (the
+        group's positive, with ``pair_history = "positive"``).
+        """
         lengths = history_lengths[users]
         width = max(int(lengths.max(initial=0)), 1)
         history = history_items[users, :width]
         present = np.arange(width) < lengths[:, None]
+        if exclude is not None:
+            present &= history != np.asarray(exclude)[:, None]
         mask = present[:, None, :] & (history[:, None, :] != items[:, :, None])
         return cls(
             users=torch.as_tensor(users, dtype=torch.long),
@@ -99,6 +106,9 @@ def training_batches(split, config, rng: np.random.Generator):
 
     Pointwise: groups ``[pos, neg_1..neg_n]`` with labels ``[1, 0..0]``; pairwise: ``[pos, neg]``.
     ``config.batch_size`` counts examples (pairwise: triples) and is rounded down to whole groups.
+    ``config.pair_history``: ``"target"`` scores each example on ``R_u+ \\ {its target}``;
+    ``"positive"`` scores every example of a group on ``R_u+ \\ {pos}`` (a BPR pair compares
+    two items under one user context).
     """
     users, positives = split.train.users, split.train.items
     negatives = split.sample_negatives(users, config.negatives_per_positive, rng)
@@ -115,6 +125,7 @@ def training_batches(split, config, rng: np.random.Generator):
             split.history_items,
             split.history_lengths,
             None if labels is None else labels[idx],
+            items[idx, 0] if config.pair_history == "positive" else None,
         )
 
 

@@ -30,6 +30,7 @@ CHOICES = {
     "loss_reduction": ("mean", "sum"),
     "elbo": ("meanfield", "trace"),
     "history": ("tfidf", "all"),
+    "pair_history": ("target", "positive"),
     "ties": ("pessimistic", "optimistic"),
     "eval_protocol": ("sampled", "full"),
     "device": ("cpu", "cuda", "auto"),
@@ -54,6 +55,7 @@ class BAMFConfig:
     max_history: int = 400
     learning: str = "pointwise"
     train_negatives: int = 0
+    pair_history: str = "target"
     eval_negatives: int = 99
     score_fn: str = "concat"
     item_embeddings: str = "role"

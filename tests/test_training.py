@@ -388,3 +388,25 @@ def test_bucketed_order_pools_sort_within_pools_of_shuffled_groups():
     assert as_lists(whole) != as_lists(batches)
     wide = bucketed_order(lengths, 10, np.random.default_rng(1), pool=100)
     assert as_lists(wide) == as_lists(whole)  # one pool larger than the epoch: the whole sort
+
+
+def test_pair_history_positive_masks_the_pairs_positive_in_both_examples(tiny_split):
+    """With ``pair_history = "positive"`` the negative of a BPR pair is scored on the same
+    history as its positive (``R_u+ \\ {pos}``); ``"target"`` masks only each own target."""
+    base = BAMFConfig(learning="pairwise", batch_size=64, embedding_dim=8)
+    for pair_history in ("target", "positive"):
+        config = base.replace(pair_history=pair_history)
+        rng = np.random.default_rng(0)
+        batch = next(iter(training_batches(tiny_split, config, rng)))
+        history, items, mask = batch.history, batch.items, batch.mask
+        present = torch.arange(history.shape[1]) < torch.as_tensor(
+            tiny_split.history_lengths[batch.users.numpy()]
+        ).unsqueeze(1)
+        positive_there = (history == items[:, :1]) & present  # every positive is in R_u+
+        assert positive_there.sum(1).eq(1).all()
+        assert not mask[:, 0][positive_there].any()
+        if pair_history == "positive":
+            assert not mask[:, 1][positive_there].any()
+            assert torch.equal(mask[:, 0], mask[:, 1] & (history != items[:, 1:]))
+        else:
+            assert mask[:, 1][positive_there].all()
