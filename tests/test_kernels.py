@@ -201,3 +201,20 @@ def test_damaged_cache_entry_is_rebuilt(monkeypatch, tmp_path):
     lib.concat_dropout_mask(1, kernels.FULL_KEEP, 4, mask.data_ptr())
     assert mask.all()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_gather_rows_matches_embedding_bit_for_bit():
+    table = torch.randn(50, K, requires_grad=True)
+    index = torch.randint(50, (7, 13))
+    index[0, :5] = 3  # repeated rows accumulate in index order, as torch's backward does
+    grad = torch.randn(7, 13, K)
+    got = kernels.gather_rows(table, index)
+    want = torch.nn.functional.embedding(index, table)
+    assert torch.equal(got, want)
+    (d_got,) = torch.autograd.grad(got, table, grad)
+    (d_want,) = torch.autograd.grad(want, table, grad)
+    assert torch.equal(d_got, d_want)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.gather_rows(table, index.int())
+    with pytest.raises(ValueError, match="float32 CPU table"):
+        kernels.gather_rows(table.double(), index)

@@ -216,3 +216,17 @@ void concat_scores_backward_all(
                                p + 2 * DIM + outputs * DIM);
     }
 }
+
+/* The gradient of a row lookup out = table[index]: d_table (rows, dim), which must start at
+ * zero, gets grad[i] added at row index[i] in increasing i, the order of torch's
+ * embedding_dense_backward on CPU (so the sums are bit-identical) without its per-row
+ * TensorIterator call. */
+void gather_rows_backward(const int64_t *restrict index, int64_t n, const float *restrict grad,
+                          int64_t dim, float *restrict d_table)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float *row = d_table + index[i] * dim;
+        const float *g = grad + i * dim;
+        for (int64_t d = 0; d < dim; d++) row[d] += g[d];
+    }
+}
