@@ -60,9 +60,8 @@ _libraries: dict[tuple[str, int], ctypes.CDLL] = {}
 def compiler() -> str:
     """The C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the PATH."""
     named = os.environ.get("CC")
-    found = shutil.which(named) if named else None
-    for candidate in ("cc", "gcc", "clang") if not named else ():
-        found = found or shutil.which(candidate)
+    candidates = [named] if named else ["cc", "gcc", "clang"]
+    found = next(filter(None, map(shutil.which, candidates)), None)
     if found is None:
         wanted = f"$CC={named!r}" if named else "cc, gcc or clang"
         raise KernelUnavailableError(
