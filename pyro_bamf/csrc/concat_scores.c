@@ -111,6 +111,18 @@ static inline void head_store(const head_grads *acc, int64_t outputs, float *dga
     }
 }
 
+/* psi_o = w_o . (keep * ReLU(h)) + b_o for o < outputs, into out */
+static inline void project(const float *restrict h, const float *restrict keep,
+                           const float *restrict ow, const float *restrict ob, int64_t outputs,
+                           float *restrict out) {
+    for (int64_t o = 0; o < outputs; o++) {
+        const float *w = ow + o * DIM;
+        float acc = 0.0f;
+        for (int k = 0; k < DIM; k++) acc += (h[k] > 0.0f ? h[k] : 0.0f) * keep[k] * w[k];
+        out[o] = acc + ob[o];
+    }
+}
+
 /* psi (G, S, L, outputs) for groups g0 <= g < g1 */
 void concat_scores_forward(
     const float *restrict aq, const float *restrict ak, const float *restrict gamma,
@@ -126,12 +138,7 @@ void concat_scores_forward(
                 int64_t pair = (g * S + s) * L + l;
                 features(q, ak + (g * L + l) * DIM, gamma, beta, eps, n, h);
                 keep_mask(seed, pair, threshold, keep);
-                for (int64_t o = 0; o < outputs; o++) {
-                    const float *w = ow + o * DIM;
-                    float acc = 0.0f;
-                    for (int k = 0; k < DIM; k++) acc += (h[k] > 0.0f ? h[k] : 0.0f) * keep[k] * w[k];
-                    out[pair * outputs + o] = acc + ob[o];
-                }
+                project(h, keep, ow, ob, outputs, out + pair * outputs);
             }
         }
 }

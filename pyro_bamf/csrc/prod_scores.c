@@ -37,12 +37,7 @@ void prod_scores_forward(
                 prod_preactivation(q + (g * S + s) * DIM, k + (g * L + l) * DIM, wt, bias, x, a);
                 features(a, zero, gamma, beta, eps, n, h);
                 keep_mask(seed, pair, threshold, keep);
-                for (int64_t o = 0; o < outputs; o++) {
-                    const float *w = ow + o * DIM;
-                    float acc = 0.0f;
-                    for (int j = 0; j < DIM; j++) acc += (h[j] > 0.0f ? h[j] : 0.0f) * keep[j] * w[j];
-                    out[pair * outputs + o] = acc + ob[o];
-                }
+                project(h, keep, ow, ob, outputs, out + pair * outputs);
             }
 }
 
