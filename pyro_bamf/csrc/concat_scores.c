@@ -59,6 +59,13 @@ static inline float features(const float *restrict aq, const float *restrict ak,
     return rstd;
 }
 
+/* whether any of a pair's incoming gradients is nonzero */
+static inline int has_gradient(const float *go, int64_t outputs) {
+    for (int64_t o = 0; o < outputs; o++)
+        if (go[o] != 0.0f) return 1;
+    return 0;
+}
+
 /* The layer-norm and projection gradients of a chunk, summed over its pairs */
 typedef struct {
     float gamma[DIM], beta[DIM], w[MAX_OUTPUTS][DIM], b[MAX_OUTPUTS];
@@ -163,9 +170,7 @@ void concat_scores_backward(
             for (int64_t l = 0; l < L; l++) {
                 int64_t pair = (g * S + s) * L + l;
                 const float *go = grad + pair * outputs;
-                int any = 0;
-                for (int64_t o = 0; o < outputs; o++) any |= go[o] != 0.0f;
-                if (!any) continue;
+                if (!has_gradient(go, outputs)) continue;  /* padding, the target */
                 float rstd = features(q, ak + (g * L + l) * DIM, gamma, beta, eps, n, h);
                 keep_mask(seed, pair, threshold, keep);
                 head_backward(go, outputs, ow, gamma, n, h, rstd, keep, &acc, da);

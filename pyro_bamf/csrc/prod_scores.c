@@ -63,9 +63,7 @@ void prod_scores_backward(
             for (int64_t l = 0; l < L; l++) {
                 int64_t pair = (g * S + s) * L + l;
                 const float *go = grad + pair * outputs;
-                int any = 0;
-                for (int64_t o = 0; o < outputs; o++) any |= go[o] != 0.0f;
-                if (!any) continue;
+                if (!has_gradient(go, outputs)) continue;  /* padding, the target */
                 const float *kv = k + (g * L + l) * DIM;
                 prod_preactivation(qv, kv, wt, bias, x, a);
                 float rstd = features(a, zero, gamma, beta, eps, n, h);
