@@ -29,7 +29,7 @@ from pyro_bamf import BAMF, BAMFConfig
 from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
 from pyro_bamf.evaluation import score_candidates
-from pyro_bamf.training import kl_lambda, loss_scales, make_elbo, svi_step
+from pyro_bamf.training import NegativeELBO, kl_lambda, loss_scales, make_elbo, svi_step
 
 
 def peak_rss_mb() -> float:
@@ -95,8 +95,10 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weight = kl_lambda(config, 11)
 
-    def svi(batch):
-        svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight))
+    objective = NegativeELBO(model, elbo)
+
+    def svi(batch):  # as fit() steps: inside model.registered_once(), one NegativeELBO
+        svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight), objective)
 
     def plain(batch):
         optimizer.zero_grad(set_to_none=True)
@@ -106,24 +108,25 @@ def main() -> None:
     n_steps = 40 if args.quick else None
     n_batches = -(-len(split.train) // groups_per_batch(config))
     epoch_s, rate, ratios = [], [], []
-    for repeat in range(args.repeats):
-        rng = np.random.default_rng([repeat, 1])
-        start = time.perf_counter()
-        times, examples = time_steps(config, split, svi, n_steps, rng)
-        wall = time.perf_counter() - start
-        epoch_s.append(wall * (n_batches / len(times)))
-        rate.append(examples / wall)
-        chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
-        batches = training_batches(split, config, np.random.default_rng(repeat))
-        sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
-        pair = []
-        for step in (svi, plain) * 12:
+    with model.registered_once():  # as in fit()
+        for repeat in range(args.repeats):
+            rng = np.random.default_rng([repeat, 1])
             start = time.perf_counter()
-            for batch in sample:
-                step(batch)
-            pair.append(time.perf_counter() - start)
-        # medians of 12 alternations: single timings on these VMs spread by +-20 %
-        ratios.append(statistics.median(pair[0::2]) / statistics.median(pair[1::2]))
+            times, examples = time_steps(config, split, svi, n_steps, rng)
+            wall = time.perf_counter() - start
+            epoch_s.append(wall * (n_batches / len(times)))
+            rate.append(examples / wall)
+            chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
+            batches = training_batches(split, config, np.random.default_rng(repeat))
+            sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
+            pair = []
+            for step in (svi, plain) * 12:
+                start = time.perf_counter()
+                for batch in sample:
+                    step(batch)
+                pair.append(time.perf_counter() - start)
+            # medians of 12 alternations: single timings on these VMs spread by +-20 %
+            ratios.append(statistics.median(pair[0::2]) / statistics.median(pair[1::2]))
 
     def evaluate(users, items):
         start = time.perf_counter()

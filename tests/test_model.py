@@ -631,6 +631,41 @@ def test_a_second_model_under_the_same_pyro_name_trains_its_own_parameters(split
     assert "user_embedding.weight" in changed and "head.0.weight" in changed
 
 
+def test_registered_once_registers_the_networks_once_and_keeps_the_loss(split):
+    """Inside ``registered_once`` the traces lose their ``param`` sites (the store keeps every
+    parameter) and the loss and gradients stay bit-identical; leaving the block, also by an
+    error, brings the per-call registration back."""
+    config = make_config(dropout=0.0)
+    model = BAMF(split.n_users, split.n_items, config)
+    batch = make_batch(split, "pointwise")
+    names = {"bamf$$$" + name for name, _ in model.named_parameters()}
+
+    def params_in(fn):
+        trace = poutine.trace(fn).get_trace(batch)
+        return {name for name, site in trace.nodes.items() if site["type"] == "param"}
+
+    def loss_and_grads():
+        model.zero_grad()
+        pyro.set_rng_seed(5)
+        loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    assert params_in(model.model) | params_in(model.guide) == names
+    outside = loss_and_grads()
+    pyro.clear_param_store()
+    with model.registered_once():
+        assert set(pyro.get_param_store().keys()) == names
+        assert params_in(model.model) == params_in(model.guide) == set()
+        inside = loss_and_grads()
+    assert torch.equal(inside[0], outside[0])
+    assert all(torch.equal(a, b) for a, b in zip(inside[1], outside[1], strict=True))
+    assert params_in(model.guide)
+    with pytest.raises(RuntimeError, match="boom"), model.registered_once():
+        raise RuntimeError("boom")
+    assert params_in(model.guide) and model.param_sites
+
+
 # --------------------------------------------------------------------------- dropout and fast paths
 
 
