@@ -2,13 +2,18 @@
 
     python examples/paper_table.py runs/pointwise_concat runs/pointwise_prod \
         runs/pairwise_concat runs/pairwise_prod [runs/pointwise_concat_elbo]
+
+Runs of one row with different seeds (``--set seed=N``) are also summarised: the mean, standard
+deviation and range of their test NDCG@10 beside the paper's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 # The authors' figures (the paper's repository README): best LOO NDCG@10 (epoch), HR@10,
@@ -22,15 +27,23 @@ PAPER = {
 COLUMNS = ("hr@10", "ndcg@10", "map@10", "recall@10")
 
 
-def row(run: Path) -> str:
+def load(run: Path) -> tuple[dict, dict]:
     config = tomllib.loads((run / "config.toml").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
+    return config, json.loads((run / "metrics.json").read_text())
+
+
+def label(config: dict) -> str:
+    reduction = config.get("loss_reduction", "mean")  # runs older than the key used the mean
+    return f"{config['learning']} {config['score_fn']} (KL {config['kl_weight']}, {reduction})"
+
+
+def row(run: Path) -> str:
+    config, metrics = load(run)
     key = (config["learning"], config["score_fn"])
     ours = [metrics["test"][c] for c in COLUMNS]
     loo = f"{metrics['best_loo_ndcg@10']:.4f} (epoch {metrics['best_epoch']})"
-    reduction = config.get("loss_reduction", "mean")  # runs older than the key used the mean
-    label = f"{config['learning']} {config['score_fn']} (KL {config['kl_weight']}, {reduction})"
-    cells = [label, loo]
+    seed = "" if config["seed"] == 42 else f", seed {config['seed']}"
+    cells = [label(config) + seed, loo]
     cells += [f"{v:.4f}" for v in ours]
     cells += [f"{metrics['epochs_run']}", f"{metrics['train_seconds_per_epoch_median']:.0f}"]
     if key in PAPER and config["kl_weight"] == "mean":
@@ -39,6 +52,29 @@ def row(run: Path) -> str:
     else:
         cells += ["-"] * 5
     return "| " + " | ".join(cells) + " |"
+
+
+def seed_summary(runs: list[Path]) -> list[str]:
+    """Table lines summarising test NDCG@10 over runs whose settings differ only in the seed."""
+    groups = defaultdict(list)
+    for run in runs:
+        config, metrics = load(run)
+        setting = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+        groups[setting].append((config["seed"], config, metrics["test"]["ndcg@10"]))
+    studies = [sorted(g, key=lambda r: r[0]) for g in groups.values() if len({r[0] for r in g}) > 1]
+    if not studies:
+        return []
+    lines = ["", "| row, seeds varied | seeds | mean ndcg@10 | SD | min | max | paper ndcg@10 |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for study in studies:
+        config, values = study[0][1], [value for _, _, value in study]
+        key = (config["learning"], config["score_fn"])
+        paper = f"{PAPER[key][3]:.4f}" if key in PAPER and config["kl_weight"] == "mean" else "-"
+        cells = [label(config), ", ".join(str(seed) for seed, _, _ in study)]
+        cells += [f"{statistics.mean(values):.4f}", f"{statistics.stdev(values):.4f}"]
+        cells += [f"{min(values):.4f}", f"{max(values):.4f}", paper]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -51,6 +87,8 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for run in args.runs:
         print(row(run))
+    for line in seed_summary(args.runs):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import runpy
 import shutil
 import sys
@@ -228,3 +229,30 @@ def test_user_groups_example_reports_the_runs_test_ndcg(run_dir, monkeypatch, ca
     assert all(0.0 <= value <= 1.0 for value in cells[:4] if value is not None)
     assert -1.0 <= cells[4] <= 1.0
     assert popularity_row.split(" | ")[-1].strip(" |") == "1.000"
+
+
+def test_paper_table_summarises_runs_that_differ_only_in_the_seed(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    config = (run_dir / "config.toml").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    runs = []
+    for seed, ndcg in [(42, 0.50), (43, 0.46), (44, 0.48), (45, 0.99)]:
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        text = re.sub(r"(?m)^seed = \d+", f"seed = {seed}", config)
+        if seed == 45:  # another setting: not part of the study
+            text = re.sub(r"(?m)^tau = [\d.]+", "tau = 2.0", text)
+        (run / "config.toml").write_text(text)
+        changed = {**metrics, "test": {**metrics["test"], "ndcg@10": ndcg}}
+        (run / "metrics.json").write_text(json.dumps(changed))
+        runs.append(str(run))
+    script = Path(__file__).resolve().parents[1] / "examples" / "paper_table.py"
+    monkeypatch.setattr(sys, "argv", ["paper_table.py", *runs])
+    runpy.run_path(str(script), run_name="__main__")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 4 + 1 + 1  # header, four runs, summary header, one study
+    assert ", seed 43 |" in lines[2].split("(KL")[1] and ", seed" not in lines[1]
+    cells = lines[-1].strip(" |").split(" | ")
+    assert cells[1] == "42, 43, 44"
+    assert [float(c) for c in cells[2:6]] == pytest.approx([0.48, 0.02, 0.46, 0.50], abs=1e-4)
