@@ -149,6 +149,8 @@ def main() -> None:
         "score_fn": args.score_fn,
         "quick": args.quick,
         "epoch_extrapolated_from_steps": n_steps,
+        "epoch_seconds_each_repeat": [round(v, 3) for v in epoch_s],
+        "svi_over_torch_each_repeat": [round(v, 4) for v in ratios],
         "test_rows": int(len(test_users)),
         "first_eval_seconds_with_compile": compile_s,
         "threads": torch.get_num_threads(),
