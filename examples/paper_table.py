@@ -37,8 +37,7 @@ def label(config: dict) -> str:
     return f"{config['learning']} {config['score_fn']} (KL {config['kl_weight']}, {reduction})"
 
 
-def row(run: Path) -> str:
-    config, metrics = load(run)
+def row(config: dict, metrics: dict) -> str:
     key = (config["learning"], config["score_fn"])
     ours = [metrics["test"][c] for c in COLUMNS]
     loo = f"{metrics['best_loo_ndcg@10']:.4f} (epoch {metrics['best_epoch']})"
@@ -54,11 +53,11 @@ def row(run: Path) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def seed_summary(runs: list[Path]) -> list[str]:
-    """Table lines summarising test NDCG@10 over runs whose settings differ only in the seed."""
+def seed_summary(runs: list[tuple[dict, dict]]) -> list[str]:
+    """Table lines summarising test NDCG@10 over runs (``(config, metrics)``) whose settings
+    differ only in the seed."""
     groups = defaultdict(list)
-    for run in runs:
-        config, metrics = load(run)
+    for config, metrics in runs:
         setting = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
         groups[setting].append((config["seed"], config, metrics["test"]["ndcg@10"]))
     studies = [sorted(g, key=lambda r: r[0]) for g in groups.values() if len({r[0] for r in g}) > 1]
@@ -85,9 +84,10 @@ def main() -> None:
     head += ["paper LOO", *(f"paper {c}" for c in COLUMNS)]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for run in args.runs:
-        print(row(run))
-    for line in seed_summary(args.runs):
+    runs = [load(run) for run in args.runs]
+    for config, metrics in runs:
+        print(row(config, metrics))
+    for line in seed_summary(runs):
         print(line)
 
 
