@@ -265,7 +265,7 @@ class AttentionPrior(nn.Module):
         """
         if log_mean is None:
             log_mean = ref.new_full((), self.log_mean)
-        return prior_distribution(self.family, log_mean.expand(shape), self.sigma, self.shape)
+        return _expanded(prior_distribution(self.family, log_mean, self.sigma, self.shape), shape)
 
 
 def guide_dist(
@@ -278,8 +278,14 @@ def guide_dist(
     """
     if isinstance(sigma, torch.Tensor):
         psi, sigma = torch.broadcast_tensors(psi, sigma)
-        sigma = sigma.expand(size)
-    return guide_distribution(family, psi.expand(size), sigma, shape)
+    return _expanded(guide_distribution(family, psi, sigma, shape), size)
+
+
+def _expanded(distribution, size: torch.Size):
+    """``distribution`` with batch shape ``size``, its parameters computed before the
+    broadcast: a constant prior or the user-side guide ``(G, 1, L)`` stays a stride-0 view
+    instead of ``G * S * L`` materialised values (the same values and gradients)."""
+    return distribution if distribution.batch_shape == size else distribution.expand(size)
 
 
 def simplex_weights(
