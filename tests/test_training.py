@@ -22,6 +22,7 @@ from pyro_bamf.training import (
     kl_lambda,
     loss_scales,
     make_elbo,
+    make_optimizer,
     svi_step,
 )
 
@@ -211,6 +212,29 @@ def test_svi_step_raises_on_a_non_finite_gradient_naming_the_parameter(tiny_spli
         svi_step(model, make_elbo(config), optimizer, batch, *loss_scales(config, batch, 1.0))
     for key, value in model.state_dict().items():  # no step was taken
         assert torch.equal(value, state[key]), key
+
+
+def test_make_optimizer_is_fused_adam_taking_the_single_tensor_step(tiny_split):
+    config = BAMFConfig(embedding_dim=8, lr=1e-2, weight_decay=1e-3)
+    model = BAMF(tiny_split.n_users, tiny_split.n_items, config)
+    twin = BAMF(tiny_split.n_users, tiny_split.n_items, config)
+    twin.load_state_dict(model.state_dict())
+    start = [p.detach().clone() for p in model.parameters()]
+    fused = make_optimizer(model, config)
+    group = fused.param_groups[0]
+    assert group["fused"] and group["lr"] == 1e-2 and group["weight_decay"] == 1e-3
+    assert len(group["params"]) == len(start)
+    single = torch.optim.Adam(twin.parameters(), lr=1e-2, weight_decay=1e-3, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in start]
+        for optimizer, net in ((fused, model), (single, twin)):
+            for p, grad in zip(net.parameters(), grads, strict=True):
+                p.grad = grad.clone()
+            optimizer.step()
+    for p, q, p0 in zip(model.parameters(), twin.parameters(), start, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p, p0)  # three steps of lr 1e-2 moved every parameter
 
 
 def test_svi_step_returns_unscaled_terms(tiny_split):
