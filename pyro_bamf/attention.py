@@ -10,7 +10,7 @@ scores ``s_j > 0`` are latent::
     c = sum_j alpha_j v_j
 
 ``m_j`` is a constant (default 1.0: what the authors' code computes, a softmax over a single
-output) or a key-only network ``m_j = g(k_j)``.
+output) or a key-only network ``m_j = g(k_j) + prior_log_mean``.
 """
 
 from __future__ import annotations
@@ -99,6 +99,24 @@ def compiled_eval_scores():
     return _compiled_eval_scores
 
 
+def _compiled_scores(*args):
+    """:func:`compiled_eval_scores` on ``args``; a failed compilation (no C++ compiler for
+    inductor, say) raises :class:`~pyro_bamf.kernels.KernelUnavailableError` naming
+    ``compile_eval``."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        return compiled_eval_scores()(*args)
+    except BackendCompilerFailed as err:
+        cause = getattr(err, "inner_exception", None) or err
+        raise kernels.KernelUnavailableError(
+            "compile_eval: torch.compile could not build the evaluation scores "
+            f"({type(cause).__name__}: {str(cause).strip()}). Install a C++ compiler (or name "
+            "it in $CXX), or set compile_eval = false (eager evaluation: the same scores, "
+            "3-4x slower)."
+        ) from err
+
+
 class ScoreNetwork(nn.Module):
     """NAIS attention score ``psi = w^T Dropout(ReLU(LN(A(q, k)))) + b_out``.
 
@@ -141,7 +159,7 @@ class ScoreNetwork(nn.Module):
         """``query (..., K)``, history vectors ``keys (..., L, K)`` -> ``psi (..., L)``
         (``(..., L, 2)`` with two outputs)."""
         if not self.training and not torch.is_grad_enabled():
-            scores = compiled_eval_scores() if self.compiled else _eval_scores
+            scores = _compiled_scores if self.compiled else _eval_scores
             key_w = None if self.key is None else self.key.weight
             return scores(
                 query, keys, self.query.weight, self.query.bias, key_w,

@@ -72,6 +72,33 @@ def compiler() -> str:
     return found
 
 
+def cxx_compiler() -> str:
+    """The C++ compiler ``torch.compile`` builds CPU code with (inductor's own search:
+    ``$CXX``, else ``g++``); :class:`KernelUnavailableError` naming ``compile_eval`` if none
+    works."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler as err:
+        raise KernelUnavailableError(
+            f"compile_eval needs a C++ compiler for torch.compile ({err}). Install one (or name "
+            "it in $CXX), or set compile_eval = false (eager evaluation: the same scores, 3-4x "
+            "slower)."
+        ) from None
+
+
+def check_build_tools(config, device: torch.device) -> None:
+    """Fail before any training if a compiler that ``config`` needs on ``device`` is missing:
+    a C compiler for ``fused_scores`` and a C++ compiler for ``compile_eval`` (CPU only)."""
+    if device.type != "cpu":
+        return
+    if config.fused_scores:
+        compiler()
+    if config.compile_eval:
+        cxx_compiler()
+
+
 def cache_dir() -> Path:
     """``$BAMF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/pyro_bamf/kernels`` (``~/.cache``)."""
     if os.environ.get("BAMF_KERNEL_CACHE"):

@@ -12,7 +12,7 @@ import numpy as np
 import pyro
 import torch
 
-from . import __version__
+from . import __version__, kernels
 from .atomic import atomic_path
 from .calibration import calibration_metrics
 from .config import BAMFConfig
@@ -78,10 +78,11 @@ class BAMFRecommender:
         ``on_epoch(row, state)`` runs after each epoch; ``resume`` continues from such a state;
         ``distributed`` trains data-parallel (:mod:`pyro_bamf.distributed`).
         """
+        device = self.check_device()
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
         self.split = split
-        self.model = BAMF(split.n_users, split.n_items, self.config).to(self._device())
+        self.model = BAMF(split.n_users, split.n_items, self.config).to(device)
         loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
             return fit(
@@ -90,8 +91,12 @@ class BAMFRecommender:
             )  # fmt: skip
 
     def check_device(self) -> torch.device:
-        """The device ``config.device`` names; ``ValueError`` now if it is unavailable."""
-        return self._device()
+        """The device ``config.device`` names; ``ValueError`` now if it is unavailable, and
+        :class:`~pyro_bamf.kernels.KernelUnavailableError` if a compiler the config needs there
+        is missing (:func:`~pyro_bamf.kernels.check_build_tools`)."""
+        device = self._device()
+        kernels.check_build_tools(self.config, device)
+        return device
 
     def _device(self) -> torch.device:
         """``config.device``; ``"auto"`` picks CUDA when available. A missing GPU is an error."""

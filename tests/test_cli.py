@@ -122,6 +122,21 @@ def test_unknown_set_key_exits_2_with_a_suggestion(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_missing_compiler_exits_2_naming_the_setting_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from pyro_bamf import kernels
+
+    monkeypatch.setattr(kernels, "_libraries", {})
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CC", "no-such-compiler-bamf")
+    out = tmp_path / "never"
+    assert main([*train_args(out), "--set", "fused_scores=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-bamf: error:") and "fused_scores = false" in err
+    assert not out.exists()
+
+
 def test_wrongly_typed_set_value_exits_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--set", "dropout=high"]) == 2
     assert "dropout" in capsys.readouterr().err

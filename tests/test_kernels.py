@@ -181,6 +181,37 @@ def test_missing_compiler_names_the_fix(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_compilers_are_named_before_training(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from pyro_bamf.config import BAMFConfig
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-cxx-bamf"))
+    cpu = torch.device("cpu")
+    kernels.check_build_tools(BAMFConfig(compile_eval=False), cpu)  # C compiler found
+    with pytest.raises(kernels.KernelUnavailableError, match="compile_eval = false"):
+        kernels.check_build_tools(BAMFConfig(compile_eval=True), cpu)
+    monkeypatch.setenv("CC", "no-such-compiler-bamf")
+    with pytest.raises(kernels.KernelUnavailableError, match="fused_scores = false"):
+        kernels.check_build_tools(BAMFConfig(compile_eval=False), cpu)
+    kernels.check_build_tools(BAMFConfig(compile_eval=True), torch.device("cuda"))  # CPU only
+
+
+def test_failed_compilation_of_the_evaluation_scores_names_compile_eval(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from pyro_bamf import attention
+
+    def compiled(*args):
+        raise BackendCompilerFailed(compiled, RuntimeError("no working C++ compiler"), None)
+
+    monkeypatch.setattr(attention, "compiled_eval_scores", lambda: compiled)
+    net = ScoreNetwork(K, "concat", dropout=0.2, compiled=True).eval()
+    with torch.no_grad(), pytest.raises(kernels.KernelUnavailableError) as info:
+        net(torch.randn(3, K), torch.randn(3, 7, K))
+    assert "compile_eval = false" in str(info.value) and "no working C++" in str(info.value)
+
+
 def test_failed_build_leaves_nothing_behind(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_libraries", {})
     monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
