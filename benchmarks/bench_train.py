@@ -1,6 +1,7 @@
 """Speed benchmark of BAMF training and evaluation on ml-latest-small (paper settings).
 
-    python benchmarks/bench_train.py --data movielens [--quick] [--json F]
+    python benchmarks/bench_train.py --data movielens [--score-fn concat|prod] [--repeats 3]
+        [--quick] [--json F]
 
 Prints one table: seconds per full pointwise training epoch (batching and negative sampling
 included), training examples per second, leave-one-out and 1:99 test evaluation seconds, peak

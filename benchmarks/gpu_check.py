@@ -1,6 +1,7 @@
 """Short accelerator check: CPU/GPU agreement of the scores, then a few training epochs on CUDA.
 
-    python benchmarks/gpu_check.py --data PATH [--epochs 2] [--score-fn concat]
+    python benchmarks/gpu_check.py --data PATH [--epochs 2] [--score-fn concat|prod]
+        [--learning pointwise|pairwise]
 
 Prints the largest CPU-vs-CUDA difference of the expected logits on the leave-one-out pool
 (same weights), then per epoch: seconds, NLL, KL per weight and LOO NDCG@10, and the 1:99 test

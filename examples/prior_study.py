@@ -55,14 +55,15 @@ def study_row(name: str, config: BAMFConfig, out: Path, users: int, samples: int
     with_history = np.flatnonzero(rec.split.history_lengths > 0)
     chosen = rng.choice(with_history, size=min(users, with_history.size), replace=False)
     widths = interval_widths(rec.model, rec.split, chosen, samples)
+    loo = list(example_batches(rec.split, "loo", dim=config.embedding_dim))
     return {
         "pair": name,
         "analytic_kl": has_analytic_kl(config.guide_family, config.prior_family),
         "ndcg@10": metrics["test"]["ndcg@10"],
         "hr@10": metrics["test"]["hr@10"],
         "ece": rec.calibration()["ece"],
-        "kl_per_weight": kl_per_weight(rec.model, example_batches(rec.split, "loo")),
-        "entropy": attention_entropy(rec.model, example_batches(rec.split, "loo")),
+        "kl_per_weight": kl_per_weight(rec.model, loo),
+        "entropy": attention_entropy(rec.model, loo),
         "width90": float(widths["absolute"].mean()),
         "relative_width90_mean": float(widths["relative"].mean()),
         "relative_width90_sd_across_users": float(widths["relative"].std()),

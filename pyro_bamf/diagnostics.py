@@ -21,12 +21,15 @@ from .predictive import attention_samples
 from .training import step_terms
 
 
-def example_batches(split, part: str = "loo", max_elements: int = 2**20) -> Iterator[Batch]:
+def example_batches(
+    split, part: str = "loo", max_elements: int = 2**20, dim: int = 32
+) -> Iterator[Batch]:
     """Every positive of ``part`` as a pointwise example of its user (label 1), in batches of
-    at most ``max_elements`` (example, history position, embedding) cells."""
+    at most ``max_elements`` (example, history position, embedding) cells for embeddings of
+    size ``dim`` (the model's ``embedding_dim``)."""
     positives = getattr(split, part)
     width = max(int(split.history_lengths.max(initial=1)), 1)
-    per_batch = max(1, max_elements // (width * 32))
+    per_batch = max(1, max_elements // (width * dim))
     for start in range(0, len(positives), per_batch):
         users = np.array(positives.users[start : start + per_batch])
         items = np.array(positives.items[start : start + per_batch])[:, None]

@@ -12,7 +12,9 @@ For a group of examples sharing user ``u`` with targets ``i`` and history ``j in
 
 The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, h_j)``; the user
 module's query is ``p_u``, the item module's ``q_i``; ``sq`` is fixed or learned per weight
-(``guide_spread``). One plate over the ``G`` groups (dim -1);
+(``guide_spread``). These are the default families; others of the same means are set by
+``prior_family`` and ``guide_family`` (:mod:`pyro_bamf.families`). One plate over the ``G``
+groups (dim -1);
 the ``(S, L)`` axes are event axes, masked over padding and the target before ``to_event``.
 """
 
@@ -211,7 +213,8 @@ class BAMF(nn.Module):
         return logits
 
     def guide(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> None:
-        """Mean-field log-normal posterior over the attention scores, located by ``psi``."""
+        """Mean-field posterior over the attention scores (log-normal by default), of mean
+        ``exp(psi)``."""
         self.register()
         (psi_user, sigma_user), (psi_item, sigma_item) = self.attention_posterior(batch)
         shape = batch.mask.shape
