@@ -5,8 +5,10 @@
 
 Prints one table: seconds per full pointwise training epoch (batching and negative sampling
 included), training examples per second, leave-one-out and 1:99 test evaluation seconds, peak
-RSS, and the ratio of one SVI step to a plain-PyTorch step of the same loss on the same batch.
-Figures are medians over ``--repeats`` runs; within a run the step ratio compares the medians
+RSS, and the ratio of one SVI step as ``fit`` takes it (with its per-step NaN/inf checks and
+logged terms) to a plain-PyTorch step of the same loss on the same batch;
+``# pyro_step_over_torch`` gives the ratio for Pyro's part alone (loss, backward, Adam).
+Figures are medians over ``--repeats`` runs; within a run the step ratios compare the medians
 of 12 alternating timings of the same 8 random batches of the epoch (so short and long
 histories weigh as they do in an epoch). ``--quick`` times 40 training steps instead of a
 whole epoch (the epoch time is then extrapolated and marked so) and a tenth of the test pool.
@@ -108,6 +110,12 @@ def main() -> None:
     def svi(batch):  # as fit() steps: inside model.registered_once(), one NegativeELBO
         svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight), objective)
 
+    def pyro_only(batch):  # Pyro's part of it: loss, backward, Adam; no checks, no logged terms
+        optimizer.zero_grad(set_to_none=True)
+        scales = loss_scales(config, batch, weight)
+        elbo.differentiable_loss(model.model, model.guide, batch, *scales).backward()
+        optimizer.step()
+
     def plain(batch):
         optimizer.zero_grad(set_to_none=True)
         torch_loss(model, batch, *loss_scales(config, batch, weight)).backward()
@@ -115,7 +123,7 @@ def main() -> None:
 
     n_steps = 40 if args.quick else None
     n_batches = -(-len(split.train) // groups_per_batch(config))
-    epoch_s, rate, ratios = [], [], []
+    epoch_s, rate, ratios, pyro_ratios = [], [], [], []
     with model.registered_once():  # as in fit()
         for repeat in range(args.repeats):
             rng = np.random.default_rng([repeat, 1])
@@ -127,14 +135,16 @@ def main() -> None:
             chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
             batches = training_batches(split, config, np.random.default_rng(repeat))
             sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
-            pair = []
-            for step in (svi, plain) * 12:
+            rounds = []
+            for step in (svi, pyro_only, plain) * 12:
                 start = time.perf_counter()
                 for batch in sample:
                     step(batch)
-                pair.append(time.perf_counter() - start)
+                rounds.append(time.perf_counter() - start)
             # medians of 12 alternations: single timings on these VMs spread by +-20 %
-            ratios.append(statistics.median(pair[0::2]) / statistics.median(pair[1::2]))
+            svi_s, pyro_s, plain_s = (statistics.median(rounds[i::3]) for i in range(3))
+            ratios.append(svi_s / plain_s)
+            pyro_ratios.append(pyro_s / plain_s)
 
     def evaluate(users, items):
         start = time.perf_counter()
@@ -159,6 +169,8 @@ def main() -> None:
         "epoch_extrapolated_from_steps": n_steps,
         "epoch_seconds_each_repeat": [round(v, 3) for v in epoch_s],
         "svi_over_torch_each_repeat": [round(v, 4) for v in ratios],
+        "pyro_step_over_torch": statistics.median(pyro_ratios),
+        "pyro_step_over_torch_each_repeat": [round(v, 4) for v in pyro_ratios],
         "test_rows": int(len(test_users)),
         "first_eval_seconds_with_compile": compile_s,
         "threads": torch.get_num_threads(),
