@@ -72,12 +72,15 @@ def compiler() -> str:
     return found
 
 
-def cxx_compiler() -> str:
+def cxx_compiler() -> str | None:
     """The C++ compiler ``torch.compile`` builds CPU code with (inductor's own search:
     ``$CXX``, else ``g++``); :class:`KernelUnavailableError` naming ``compile_eval`` if none
-    works."""
-    from torch._inductor import cpp_builder, exc
-
+    works. ``None`` where this torch's inductor has no ``cpp_builder`` (a private module):
+    then the first compilation names ``compile_eval`` instead (see ``attention``)."""
+    try:
+        from torch._inductor import cpp_builder, exc
+    except ImportError:
+        return None
     try:
         return cpp_builder.get_cpp_compiler()
     except exc.InvalidCxxCompiler as err:
