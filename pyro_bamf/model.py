@@ -35,6 +35,29 @@ from .batch import Batch
 from .config import BAMFConfig
 
 
+class EventSite(dist.Independent):
+    """``Independent(base, n)`` whose :meth:`expand` to its own batch shape returns itself.
+
+    ``pyro.plate`` broadcasts every sample site's distribution with ``expand``, even one whose
+    batch shape already is the plate's ``(G,)``; for ``base.mask(m).to_event(2)`` that rebuilds
+    the whole chain (``Independent``, ``MaskedDistribution``, the expanded base and its
+    transforms) and replaces the mask by a new view, so that the masked KL of model and guide
+    then combines two mask tensors with an extra ``&`` pass. Returning ``self`` keeps the same
+    distribution (same values, log-densities and gradients) without that work. Any other shape
+    (vectorised particles, ``Predictive(parallel=True)``) expands as usual.
+    """
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance)
+
+
+def history_site(distribution, mask: torch.Tensor) -> EventSite:
+    """``distribution.mask(mask).to_event(2)`` for a ``(G, S, L)`` attention site."""
+    return EventSite(distribution.mask(mask), 2)
+
+
 def kl_scaled(scale: float) -> AbstractContextManager:
     """Scale the latent sites by ``scale``; a zero weight masks them out (``scale(0)`` raises).
 
@@ -193,8 +216,8 @@ class BAMF(nn.Module):
             with kl_scaled(kl_scale):
                 user_prior = self.user_prior.dist(_gather(user_means, batch), shape, keys)
                 item_prior = self.item_prior.dist(_gather(item_means, batch), shape, keys)
-                user_scores = pyro.sample("user_scores", user_prior.mask(batch.mask).to_event(2))
-                item_scores = pyro.sample("item_scores", item_prior.mask(batch.mask).to_event(2))
+                user_scores = pyro.sample("user_scores", history_site(user_prior, batch.mask))
+                item_scores = pyro.sample("item_scores", history_site(item_prior, batch.mask))
             user_weights = pyro.deterministic(
                 "user_weights", self.weights(user_scores.log(), batch.mask), event_dim=2
             )
@@ -204,7 +227,7 @@ class BAMF(nn.Module):
             logits = self.logits(batch, user_weights, item_weights)
             with poutine.scale(scale=obs_scale):
                 if batch.labels is not None:
-                    likelihood = dist.Bernoulli(logits=logits).to_event(1)
+                    likelihood = EventSite(dist.Bernoulli(logits=logits), 1)
                     pyro.sample("obs", likelihood, obs=batch.labels)
                 else:
                     preference = logits[..., 0] - logits[..., 1]
@@ -221,9 +244,9 @@ class BAMF(nn.Module):
         family, k = self.config.guide_family, self.config.guide_shape
         with pyro.plate("groups", shape[0], dim=-1), kl_scaled(kl_scale):
             user = guide_dist(psi_user, family, sigma_user, k, shape)
-            pyro.sample("user_scores", user.mask(batch.mask).to_event(2))
+            pyro.sample("user_scores", history_site(user, batch.mask))
             item = guide_dist(psi_item, family, sigma_item, k, shape)
-            pyro.sample("item_scores", item.mask(batch.mask).to_event(2))
+            pyro.sample("item_scores", history_site(item, batch.mask))
 
     def expected_logits(self, batch: Batch) -> torch.Tensor:
         """Logits ``(G, S)`` with each score at its posterior mean ``E[s] = exp(psi)``."""

@@ -9,11 +9,13 @@ import math
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
 
 from pyro_bamf import attention, evaluation
 from pyro_bamf.attention import (
@@ -25,7 +27,7 @@ from pyro_bamf.attention import (
 from pyro_bamf.batch import Batch, candidate_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
-from pyro_bamf.model import BAMF
+from pyro_bamf.model import BAMF, EventSite, history_site
 from pyro_bamf.training import ClosedFormKLELBO, loss_scales, make_elbo, svi_step
 
 # Small networks keep the hand computations and the steps cheap.
@@ -104,9 +106,10 @@ def test_model_and_guide_latent_sites_have_same_names_shapes_and_plate(
         frames = [[(f.name, f.size, f.dim) for f in s["cond_indep_stack"]] for s in (g, m)]
         assert frames[0] == frames[1] == [("groups", groups, -1)]
         assert torch.equal(g["value"], m["value"])  # the model scored the guide's draws
-        # the same mask on both sides (else TraceMeanField_ELBO falls back to sampling)
+        # the same mask on both sides (else TraceMeanField_ELBO falls back to sampling), the
+        # batch's own tensor: the plate did not rebuild the site (EventSite.expand)
         for site in (g, m):
-            assert torch.equal(site["fn"].base_dist._mask, batch.mask)
+            assert site["fn"].base_dist._mask is batch.mask
         assert torch.all(g["value"] > 0)
 
     obs = model_sites["obs"]
@@ -116,6 +119,23 @@ def test_model_and_guide_latent_sites_have_same_names_shapes_and_plate(
     assert obs["value"].shape == expected
     for name in ("user_weights", "item_weights"):
         assert model_sites[name]["value"].shape == (groups, size, width)
+
+
+def test_event_site_expands_to_its_own_shape_as_itself_and_to_others_as_independent():
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    base = dist.LogNormal(torch.randn(2, 3), 0.5)
+    site = history_site(base.expand((2, 2, 3)), mask)
+    assert (site.batch_shape, site.event_shape) == ((2,), (2, 3))
+    assert site.expand((2,)) is site
+    value = base.expand((2, 2, 3)).sample()
+    wider = site.expand((4, 2))
+    assert isinstance(wider, EventSite) and wider.batch_shape == (4, 2)
+    torch.testing.assert_close(wider.log_prob(value), site.log_prob(value).expand(4, 2))
+    reference = base.expand((2, 2, 3)).mask(mask).to_event(2)
+    torch.testing.assert_close(site.log_prob(value), reference.log_prob(value))
+    torch.testing.assert_close(
+        kl_divergence(site, site.expand((2,))), kl_divergence(reference, reference)
+    )
 
 
 # --------------------------------------------------------------------------- attention weights
