@@ -8,10 +8,11 @@ included), training examples per second, leave-one-out and 1:99 test evaluation 
 RSS, and the ratio of one SVI step as ``fit`` takes it (with its per-step NaN/inf checks and
 logged terms) to a plain-PyTorch step of the same loss on the same batch;
 ``# pyro_step_over_torch`` gives the ratio for Pyro's part alone (loss, backward, Adam).
-Figures are medians over ``--repeats`` runs; within a run the step ratios compare the medians
-of 12 alternating timings of the same 8 random batches of the epoch (so short and long
-histories weigh as they do in an epoch). ``--quick`` times 40 training steps instead of a
-whole epoch (the epoch time is then extrapolated and marked so) and a tenth of the test pool.
+Figures are medians over ``--repeats`` runs; within a run each step ratio is the median over
+20 rounds of one round's ratio, a round timing the three steps back to back in a random order
+on the same 8 random batches of the epoch (so short and long histories weigh as they do in an
+epoch). ``--quick`` times 40 training steps instead of a whole epoch (the epoch time is then
+extrapolated and marked so) and a tenth of the test pool.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import resource
 import statistics
 import time
@@ -41,9 +43,18 @@ from pyro_bamf.training import (
     svi_step,
 )
 
+ROUNDS = 20  # timed rounds of the three steps over the same 8 batches, per repeat
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over rounds of ``times[r] / reference[r]``: each round times the steps back to
+    back in a random order, so the ratio of one round cancels the machine's slow drift
+    (single timings on these VMs spread by +-20 %) and no step always runs first."""
+    return statistics.median(a / b for a, b in zip(times, reference, strict=True))
 
 
 def torch_loss(model: BAMF, batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
@@ -135,16 +146,21 @@ def main() -> None:
             chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
             batches = training_batches(split, config, np.random.default_rng(repeat))
             sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
-            rounds = []
-            for step in (svi, pyro_only, plain) * 12:
-                start = time.perf_counter()
-                for batch in sample:
-                    step(batch)
-                rounds.append(time.perf_counter() - start)
-            # medians of 12 alternations: single timings on these VMs spread by +-20 %
-            svi_s, pyro_s, plain_s = (statistics.median(rounds[i::3]) for i in range(3))
-            ratios.append(svi_s / plain_s)
-            pyro_ratios.append(pyro_s / plain_s)
+            steps = (svi, pyro_only, plain)
+            for step in steps:  # warm-up, untimed
+                step(sample[0])
+            rounds = {step: [] for step in steps}
+            order_rng = random.Random(repeat)
+            for _ in range(ROUNDS):
+                order = list(steps)
+                order_rng.shuffle(order)
+                for step in order:
+                    start = time.perf_counter()
+                    for batch in sample:
+                        step(batch)
+                    rounds[step].append(time.perf_counter() - start)
+            ratios.append(paired_ratio(rounds[svi], rounds[plain]))
+            pyro_ratios.append(paired_ratio(rounds[pyro_only], rounds[plain]))
 
     def evaluate(users, items):
         start = time.perf_counter()
