@@ -6,7 +6,8 @@
 Prints one table: seconds per full pointwise training epoch (batching and negative sampling
 included), training examples per second, leave-one-out and 1:99 test evaluation seconds, peak
 RSS, and the ratio of one SVI step as ``fit`` takes it (with its per-step NaN/inf checks and
-logged terms) to a plain-PyTorch step of the same loss on the same batch;
+logged terms) to a plain-PyTorch step of the same loss on the same batch, in a process whose
+allocator keeps freed memory as ``fit`` sets it (``retain_freed_memory``);
 ``# pyro_step_over_torch`` gives the ratio for Pyro's part alone (loss, backward, Adam).
 Figures are medians over ``--repeats`` runs; within a run each step ratio is the median over
 20 rounds of one round's ratio, a round timing the three steps back to back in a random order
@@ -31,6 +32,7 @@ import torch
 from torch.distributions import LogNormal, kl_divergence
 
 from pyro_bamf import BAMF, BAMFConfig
+from pyro_bamf.allocator import retain_freed_memory
 from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
 from pyro_bamf.evaluation import score_candidates
@@ -101,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = BAMFConfig(data=args.data, score_fn=args.score_fn, compile_eval=True)
+    retained = config.retain_freed_memory and retain_freed_memory()  # as fit() does
     pyro.set_rng_seed(0)
     pyro.enable_validation(False)
     split = ImplicitSplit.from_interactions(load_data(config.data), seed=config.seed)
@@ -190,6 +193,7 @@ def main() -> None:
         "test_rows": int(len(test_users)),
         "first_eval_seconds_with_compile": compile_s,
         "threads": torch.get_num_threads(),
+        "retain_freed_memory": retained,
         "torch": str(torch.__version__),
         "pyro": str(pyro.__version__),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

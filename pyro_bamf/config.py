@@ -22,6 +22,7 @@ CHOICES = {
     "learning": ("pointwise", "pairwise"),
     "score_fn": ("concat", "prod"),
     "item_embeddings": ("role", "shared"),
+    "head": ("affine", "linear"),
     "prior_loc": ("constant", "key"),
     "prior_family": PRIOR_FAMILIES,
     "guide_family": GUIDE_FAMILIES,
@@ -59,6 +60,7 @@ class BAMFConfig:
     eval_negatives: int = 99
     score_fn: str = "concat"
     item_embeddings: str = "role"
+    head: str = "affine"
     embedding_dim: int = 32
     dropout: float = 0.2
     tau: float = 1.0
@@ -88,6 +90,7 @@ class BAMFConfig:
     compile_eval: bool = False
     fused_scores: bool = True
     pyro_validation: bool = False
+    retain_freed_memory: bool = True
     device: str = "cpu"
     ties: str = "pessimistic"
     test_candidates: str = ""

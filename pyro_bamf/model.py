@@ -72,6 +72,10 @@ class BAMF(nn.Module):
     ``config.item_embeddings``: ``"role"`` gives the target (``q``) and history (``h``) roles
     their own embedding tables; ``"shared"`` is the original architecture, one item table ``e``
     with role maps ``q_i = W_q e_i``, ``h_j = W_h e_j``.
+
+    ``config.head``: ``"affine"`` is the specification's ``x = h^T(W z + b)``; ``"linear"`` is
+    ``x = h^T z + b``, one ``Linear(K, 1)`` as in the authors' code: the same functions of ``z``,
+    but weight decay on the product ``W^T h`` pulls it to zero harder (docs/results.md).
     """
 
     def __init__(self, n_users: int, n_items: int, config: BAMFConfig) -> None:
@@ -113,7 +117,10 @@ class BAMF(nn.Module):
         self.item_prior = AttentionPrior(dim, *prior)
         self.user_norm = nn.LayerNorm(dim)
         self.item_norm = nn.LayerNorm(dim)
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, 1, bias=False))
+        if config.head == "affine":
+            self.head = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, 1, bias=False))
+        else:
+            self.head = nn.Linear(dim, 1)
         self.param_sites = True
 
     def register(self) -> None:
@@ -193,7 +200,8 @@ class BAMF(nn.Module):
     def logits(
         self, batch: Batch, user_weights: torch.Tensor, item_weights: torch.Tensor
     ) -> torch.Tensor:
-        """``x = h^T(W(LN(p_u * c_u) * LN(q_i * c_i)) + b)`` from weights ``(..., G, S, L)``."""
+        """``x = h^T(W z + b)`` (``head = "affine"``) or ``h^T z + b`` (``"linear"``), with
+        ``z = LN(p_u * c_u) * LN(q_i * c_i)``, from weights ``(..., G, S, L)``."""
         values = self.rows(self.history_vectors(), batch.history)
         user_context = user_weights @ values
         item_context = item_weights @ values

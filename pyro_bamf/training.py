@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from .allocator import retain_freed_memory
 from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
 from .distributed import DistributedContext
@@ -341,7 +342,11 @@ def fit(
     Pyro's validation is set to ``config.pyro_validation`` while training (off by default:
     loss and gradients are checked for NaN and inf at every step either way). The networks are
     registered with Pyro's param store once (:meth:`BAMF.registered_once`), not at every step.
+    With ``config.retain_freed_memory`` (default), glibc is first told to keep freed memory
+    for the next step (:func:`pyro_bamf.allocator.retain_freed_memory`: process-wide).
     """
+    if config.retain_freed_memory:
+        retain_freed_memory()
     with pyro.validation_enabled(config.pyro_validation), model.registered_once():
         return _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distributed)
 

@@ -297,6 +297,14 @@ def _lognormal_log_prob(x, loc, sigma):
     )
 
 
+def _head(model: BAMF, z: torch.Tensor) -> torch.Tensor:
+    """``h^T(W z + b)`` ("affine") or ``h^T z + b`` ("linear"), in float64."""
+    if model.config.head == "affine":
+        hidden, out = model.head
+        return _f64(out.weight)[0] @ (_f64(hidden.weight) @ z + _f64(hidden.bias))
+    return _f64(model.head.weight)[0] @ z + _f64(model.head.bias)[0]
+
+
 def hand_loss(model: BAMF, batch: Batch, samples: dict, obs_scale, kl_scale, elbo: str):
     """The scaled negative ELBO of ``batch`` at the guide's ``samples``, one example at a time."""
     cfg = model.config
@@ -309,7 +317,6 @@ def hand_loss(model: BAMF, batch: Batch, samples: dict, obs_scale, kl_scale, elb
         history_table = items @ _f64(model.history_map.weight).T
         target_table = items @ _f64(model.target_map.weight).T
     user_table = _f64(model.user_embedding.weight)
-    head_hidden, head_out = model.head
     groups, size, width = batch.mask.shape
     logits = torch.zeros(groups, size, dtype=torch.float64)
     kl = torch.zeros((), dtype=torch.float64)
@@ -339,8 +346,7 @@ def hand_loss(model: BAMF, batch: Batch, samples: dict, obs_scale, kl_scale, elb
                         kl = kl - _lognormal_log_prob(draw, mp, sp)
             z_user = _layer_norm(p * contexts[0], model.user_norm)
             z_item = _layer_norm(q * contexts[1], model.item_norm)
-            hidden = _f64(head_hidden.weight) @ (z_user * z_item) + _f64(head_hidden.bias)
-            logits[g, s] = _f64(head_out.weight)[0] @ hidden
+            logits[g, s] = _head(model, z_user * z_item)
     if batch.labels is not None:
         y = _f64(batch.labels)
         nll = -(y * torch.log(torch.sigmoid(logits)) + (1 - y) * torch.log(torch.sigmoid(-logits)))
@@ -376,22 +382,24 @@ LOSS_SETTINGS = dict(tau=1.5, beta=0.7, guide_sigma=0.3, prior_sigma=0.8, prior_
 @pytest.mark.parametrize("elbo", ["meanfield", "trace"])
 @pytest.mark.parametrize("kl_weight", ["mean", "elbo"])
 @pytest.mark.parametrize(
-    ("learning", "score_fn", "item_embeddings", "prior_loc"),
+    ("learning", "score_fn", "item_embeddings", "prior_loc", "head"),
     [
-        ("pointwise", "concat", "role", "constant"),
-        ("pointwise", "prod", "shared", "key"),
-        ("pairwise", "concat", "shared", "key"),
-        ("pairwise", "prod", "role", "constant"),
+        ("pointwise", "concat", "role", "constant", "affine"),
+        ("pointwise", "prod", "shared", "key", "linear"),
+        ("pairwise", "concat", "shared", "key", "affine"),
+        ("pairwise", "prod", "role", "constant", "affine"),
+        ("pairwise", "concat", "role", "constant", "linear"),
     ],
 )
 def test_pyro_loss_equals_hand_computed_loss(
-    split, learning, score_fn, item_embeddings, prior_loc, kl_weight, elbo
+    split, learning, score_fn, item_embeddings, prior_loc, head, kl_weight, elbo
 ):
     config = make_config(
         learning=learning,
         score_fn=score_fn,
         item_embeddings=item_embeddings,
         prior_loc=prior_loc,
+        head=head,
         kl_weight=kl_weight,
         elbo=elbo,
         **LOSS_SETTINGS,
@@ -858,3 +866,17 @@ def test_closed_form_kl_elbo_equals_trace_mean_field_elbo_bit_for_bit(
     assert torch.equal(losses[0], losses[1]) and losses[0].abs() > 0
     assert len(grads[0]) == len(grads[1]) > 10
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_linear_head_is_one_linear_layer_computing_the_affine_heads_functions(split):
+    config = make_config(head="linear")
+    linear = BAMF(split.n_users, split.n_items, config)
+    affine = BAMF(split.n_users, split.n_items, config.replace(head="affine"))
+    assert isinstance(linear.head, torch.nn.Linear) and linear.head.weight.shape == (1, K)
+    hidden, out = affine.head
+    with torch.no_grad():  # h^T(W z + b) = (W^T h)^T z + h^T b
+        linear.head.weight.copy_(out.weight @ hidden.weight)
+        linear.head.bias.copy_(out.weight @ hidden.bias)
+    z = torch.randn(7, K)
+    torch.testing.assert_close(linear.head(z), affine.head(z))
+    assert set(linear.state_dict()) - set(affine.state_dict()) == {"head.weight", "head.bias"}
