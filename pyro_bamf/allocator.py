@@ -3,11 +3,12 @@
 A training step allocates and frees tensors of 0.1-10 MB whose sizes change with every
 batch's history length. glibc's ``malloc`` returns such memory to the OS (``munmap`` above its
 adaptive ``mmap`` threshold, ``brk`` trimming above 2x that threshold at the top of the heap),
-so the next step page-faults the same memory back in, zero-filled: ~600-2,000 minor faults a
-step on the paper's settings, ~2-3 ms of a ~30 ms step, more for the SVI step than for a plain
+so the next step page-faults the same memory back in, zero-filled: 565-1,580 minor faults a
+step on the paper's settings, 2-4 ms of a 30-35 ms step, more for the SVI step than for a plain
 PyTorch step of the same loss (its allocations are more numerous and more varied). Setting both
 thresholds once makes freed memory stay in the heap for the next step's tensors; the process
-then keeps its peak heap (``peak RSS`` is unchanged) rather than returning and refaulting it.
+keeps its heap (the peak RSS of the benchmark is unchanged, 558 MB) instead of returning it and
+faulting it back (docs/performance.md).
 """
 
 from __future__ import annotations
