@@ -34,7 +34,9 @@ def load(run: Path) -> tuple[dict, dict]:
 
 def label(config: dict) -> str:
     reduction = config.get("loss_reduction", "mean")  # runs older than the key used the mean
-    return f"{config['learning']} {config['score_fn']} (KL {config['kl_weight']}, {reduction})"
+    head = "" if config.get("head", "affine") == "affine" else f", {config['head']} head"
+    settings = f"KL {config['kl_weight']}, {reduction}{head}"
+    return f"{config['learning']} {config['score_fn']} ({settings})"
 
 
 def row(config: dict, metrics: dict) -> str:

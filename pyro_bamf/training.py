@@ -8,7 +8,8 @@ The objective per batch of ``n`` examples with ``n_valid`` unmasked attention we
 ``lambda = min(1, (epoch - 1) / kl_anneal_epochs)`` (1 without annealing). ``loss_reduction =
 "sum"`` multiplies the batch objective by ``n`` (the paper's summed BCE/BPR formulas): the
 gradient direction is unchanged, but Adam's coupled weight decay then regularises ``n`` times
-more weakly (with the mean, pairwise training collapses to zero embeddings). Both are written as
+more weakly (with the mean and the affine head, pairwise training collapses to zero; with
+``head = "linear"`` it does not: docs/results.md). Both are written as
 ``poutine.scale`` factors on the likelihood and, identically in model and guide, on the latent
 sites; the loss is Pyro's ``differentiable_loss`` under one fused ``torch.optim.Adam``.
 """

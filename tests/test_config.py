@@ -235,12 +235,12 @@ def test_example_configs_load_and_differ_only_in_learning_and_score_fn():
         assert (config.learning, config.score_fn) == (learning, score_fn)
     for a, b in itertools.combinations(configs.values(), 2):
         differing = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
-        assert differing and differing <= {"learning", "score_fn", "loss_reduction"}
-    # pairwise rows sum the batch objective (BPR collapses under the mean: docs/results.md)
+        assert differing and differing <= {"learning", "score_fn"}
+    # all on the authors' head (with the default affine head BPR collapses: docs/results.md)
     for config in configs.values():
-        assert config.loss_reduction == ("sum" if config.learning == "pairwise" else "mean")
+        assert (config.head, config.loss_reduction) == ("linear", "mean")
     # apart from those and the evaluation compiler they are the paper's defaults
     defaults = BAMFConfig().to_dict()
     for config in configs.values():
         differing = {k for k, v in config.to_dict().items() if defaults[k] != v}
-        assert differing <= {"learning", "score_fn", "compile_eval", "loss_reduction"}
+        assert differing <= {"learning", "score_fn", "compile_eval", "head"}
