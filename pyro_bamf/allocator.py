@@ -1,6 +1,6 @@
 """Keep freed heap memory in the process instead of handing it back to the OS (glibc).
 
-A training step allocates and frees tensors of 0.1-10 MB whose sizes change with every
+A training step allocates and frees tensors of 0.25-10 MB whose sizes change with every
 batch's history length. glibc's ``malloc`` returns such memory to the OS (``munmap`` above its
 adaptive ``mmap`` threshold, ``brk`` trimming above 2x that threshold at the top of the heap),
 so the next step page-faults the same memory back in, zero-filled: 565-1,580 minor faults a
