@@ -121,7 +121,7 @@ def main() -> None:
 
     objective = NegativeELBO(model, elbo)
 
-    def svi(batch):  # as fit() steps: inside model.registered_once(), one NegativeELBO
+    def svi(batch):  # as fit() steps: inside the blocks below, one NegativeELBO
         svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight), objective)
 
     def pyro_only(batch):  # Pyro's part of it: loss, backward, Adam; no checks, no logged terms
@@ -138,7 +138,7 @@ def main() -> None:
     n_steps = 40 if args.quick else None
     n_batches = -(-len(split.train) // groups_per_batch(config))
     epoch_s, rate, ratios, pyro_ratios = [], [], [], []
-    with model.registered_once():  # as in fit()
+    with model.registered_once(), model.without_weight_sites():  # as in fit()
         for repeat in range(args.repeats):
             rng = np.random.default_rng([repeat, 1])
             start = time.perf_counter()

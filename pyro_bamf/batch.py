@@ -9,6 +9,7 @@ then computed once per group while every example keeps its own latent scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -58,6 +59,11 @@ class Batch:
             mask=torch.as_tensor(mask),
             labels=None if labels is None else torch.as_tensor(labels, dtype=torch.float32),
         )
+
+    @cached_property
+    def n_valid(self) -> int:
+        """Unmasked ``(example, history item)`` pairs: ``mask.sum()``."""
+        return int(self.mask.sum())
 
     @property
     def n_examples(self) -> int:

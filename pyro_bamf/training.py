@@ -30,6 +30,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO, is_validation_enabled
 from pyro.infer.util import torch_item
 from pyro.poutine.util import prune_subsample_sites
+from pyro.util import warn_if_nan
 from torch import nn
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
@@ -57,8 +58,7 @@ def loss_scales(config: BAMFConfig, batch: Batch, weight: float) -> tuple[float,
     n = batch.n_examples
     total = n if config.loss_reduction == "sum" else 1.0
     if config.kl_weight == "mean":
-        n_valid = max(int(batch.mask.sum()), 1)
-        return total / n, total * weight / (2 * n_valid)
+        return total / n, total * weight / (2 * max(batch.n_valid, 1))
     return total / n, total * weight / n
 
 
@@ -82,8 +82,17 @@ class ClosedFormKLELBO(TraceMeanField_ELBO):
     kl_sums: dict[str, torch.Tensor] | None = None
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
+        """The surrogate loss; with one particle (and validation off) straight from the
+        particle, without ``Trace_ELBO``'s generator and its ``loss + (surrogate -
+        item(surrogate))`` (the same value, bit for bit, and the same gradient)."""
         self.traces = self.kl_sums = None
-        return super().differentiable_loss(model, guide, *args, **kwargs)
+        if is_validation_enabled() or self.num_particles != 1 or self.vectorize_particles:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        loss, surrogate = self._differentiable_loss_particle(
+            *self._get_trace(model, guide, args, kwargs)
+        )
+        warn_if_nan(loss, "loss")
+        return surrogate
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         """``TraceMeanField_ELBO``'s particle loss, same operations in the same order, for
@@ -233,7 +242,7 @@ def step_terms(
     nll = -float((obs["fn"].log_prob(obs["value"]) if log_p is None else log_p).sum())
     if kl_sums is not None:
         kl = sum(float(kl_sums[name]) for name in LATENT_SITES)
-        return StepTerms(loss, nll, batch.n_examples, kl, 2 * int(batch.mask.sum()))
+        return StepTerms(loss, nll, batch.n_examples, kl, 2 * batch.n_valid)
     kl = 0.0
     for name in LATENT_SITES:
         q, p = guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]
@@ -242,8 +251,7 @@ def step_terms(
         except NotImplementedError:  # no closed form: the one-sample estimate the ELBO uses
             value = guide_trace.nodes[name]["value"]
             kl += float((q.log_prob(value) - p.log_prob(value)).sum())
-    n_weights = 2 * int(batch.mask.sum())
-    return StepTerms(loss, nll, batch.n_examples, kl, n_weights)
+    return StepTerms(loss, nll, batch.n_examples, kl, 2 * batch.n_valid)
 
 
 @dataclass
@@ -342,13 +350,18 @@ def fit(
 
     Pyro's validation is set to ``config.pyro_validation`` while training (off by default:
     loss and gradients are checked for NaN and inf at every step either way). The networks are
-    registered with Pyro's param store once (:meth:`BAMF.registered_once`), not at every step.
+    registered with Pyro's param store once (:meth:`BAMF.registered_once`), not at every step,
+    and the steps' traces hold no weight sites (:meth:`BAMF.without_weight_sites`).
     With ``config.retain_freed_memory`` (default), glibc is first told to keep freed memory
     for the next step (:func:`pyro_bamf.allocator.retain_freed_memory`: process-wide).
     """
     if config.retain_freed_memory:
         retain_freed_memory()
-    with pyro.validation_enabled(config.pyro_validation), model.registered_once():
+    with (
+        pyro.validation_enabled(config.pyro_validation),
+        model.registered_once(),
+        model.without_weight_sites(),
+    ):
         return _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distributed)
 
 

@@ -701,6 +701,47 @@ def test_registered_once_registers_the_networks_once_and_keeps_the_loss(split):
     assert params_in(model.guide) and model.param_sites
 
 
+@pytest.mark.parametrize("learning", ["pointwise", "pairwise"])
+def test_without_weight_sites_drops_only_the_weight_sites_and_keeps_loss_and_grads(split, learning):
+    """Inside ``without_weight_sites`` the model's trace has no ``user_weights``/
+    ``item_weights`` and its other sites are unchanged; the loss and every gradient are
+    bit-identical (dropout included, same seed); leaving the block, also by an error, brings
+    the sites back."""
+    config = make_config(dropout=0.2)
+    model = BAMF(split.n_users, split.n_items, config)
+    batch = make_batch(split, learning)
+
+    def model_sites():
+        guide_trace = poutine.trace(model.guide).get_trace(batch)
+        trace = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(batch)
+        nodes = trace.nodes.items()
+        return {name: site["value"] for name, site in nodes if site["type"] == "sample"}
+
+    def loss_and_grads():
+        model.zero_grad()
+        pyro.set_rng_seed(5)
+        loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    weights = {"user_weights", "item_weights"}
+    pyro.set_rng_seed(3)
+    outside_sites = model_sites()
+    outside = loss_and_grads()
+    with model.without_weight_sites():
+        pyro.set_rng_seed(3)
+        inside_sites = model_sites()
+        inside = loss_and_grads()
+    assert weights <= set(outside_sites) and not weights & set(inside_sites)
+    assert set(outside_sites) - weights == set(inside_sites)
+    assert all(torch.equal(inside_sites[k], outside_sites[k]) for k in inside_sites)
+    assert torch.equal(inside[0], outside[0])
+    assert all(torch.equal(a, b) for a, b in zip(inside[1], outside[1], strict=True))
+    with pytest.raises(RuntimeError, match="boom"), model.without_weight_sites():
+        raise RuntimeError("boom")
+    assert model.weight_sites and weights <= set(model_sites())
+
+
 # --------------------------------------------------------------------------- dropout and fast paths
 
 
@@ -855,6 +896,8 @@ def test_parallel_predictive_broadcasts_over_samples(split, learning):
 def test_closed_form_kl_elbo_equals_trace_mean_field_elbo_bit_for_bit(
     split, learning, spread, kl_scale
 ):
+    """Same draws: the one-particle fast path (no log-densities the loss never reads, no
+    ``Trace_ELBO`` wrapper) gives Pyro's loss and gradients exactly."""
     config = make_config(learning=learning, guide_spread=spread, dropout=0.0)
     assert isinstance(make_elbo(config), ClosedFormKLELBO)
     assert type(make_elbo(config.replace(prior_family="gamma"))) is TraceMeanField_ELBO
