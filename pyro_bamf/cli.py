@@ -12,6 +12,7 @@ from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
 from .kernels import KernelUnavailableError
 from .runs import evaluate_run, explain_user, load_run, train_run
+from .training import TrainingCollapsed
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -171,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except (ValueError, OSError, FloatingPointError, KernelUnavailableError) as err:
+    except (
+        ValueError,
+        OSError,
+        FloatingPointError,
+        KernelUnavailableError,
+        TrainingCollapsed,
+    ) as err:
         print(f"pyro-bamf: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

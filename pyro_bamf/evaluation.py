@@ -59,6 +59,21 @@ def evaluate_candidates(
     return ranking_metrics(candidates.users, candidates.labels, scores, ks=ks, ties=ties)
 
 
+def ranks_nothing(users: np.ndarray, scores: np.ndarray) -> bool:
+    """Whether every user's candidates all have one score (per user ``max == min``), so that
+    the scores order no candidate list: what a collapsed model gives. ``users, scores (N,)``;
+    false for an empty pool."""
+    users, scores = np.asarray(users), np.asarray(scores)
+    if len(users) == 0:
+        return False
+    order = np.argsort(users, kind="stable")
+    users, scores = users[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return bool(
+        np.array_equal(np.maximum.reduceat(scores, starts), np.minimum.reduceat(scores, starts))
+    )
+
+
 def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
     """The full-ranking protocol in blocks of users: each user's ``part`` positives among all
     items the user never interacted with (in any other part), labelled 1 for the positives.

@@ -39,11 +39,17 @@ from .allocator import retain_freed_memory
 from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
 from .distributed import DistributedContext
-from .evaluation import evaluate_candidates
+from .evaluation import ranks_nothing, score_candidates
 from .families import has_analytic_kl
+from .metrics import ranking_metrics
 from .model import BAMF
 
 LATENT_SITES = ("user_scores", "item_scores")
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training stopped: for ``patience`` epochs in a row the model gave each user's
+    leave-one-out candidates one score, so it ranks nothing (see :func:`fit`)."""
 
 
 def kl_lambda(config: BAMFConfig, epoch: int) -> float:
@@ -354,6 +360,10 @@ def fit(
     and the steps' traces hold no weight sites (:meth:`BAMF.without_weight_sites`).
     With ``config.retain_freed_memory`` (default), glibc is first told to keep freed memory
     for the next step (:func:`pyro_bamf.allocator.retain_freed_memory`: process-wide).
+
+    Raises :class:`TrainingCollapsed` after ``patience`` epochs in a row in which every
+    user's leave-one-out candidates all got one score (the model ranks nothing; the LOO
+    NDCG@10 is then 0 with pessimistic ties), after ``on_epoch`` has seen the last one.
     """
     if config.retain_freed_memory:
         retain_freed_memory()
@@ -383,7 +393,7 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
     device = next(model.parameters()).device
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
-    first = 1
+    first, collapsed = 1, 0
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -420,7 +430,12 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
             sums += (terms.nll, terms.n_examples, terms.kl, terms.n_weights)
         if ranks > 1:
             sums = np.array(distributed.sum(sums.tolist()))
-        ndcg = evaluate_candidates(model, split, loo_candidates, ks=(10,), ties=config.ties)
+        loo = loo_candidates
+        scores = score_candidates(
+            model, loo.users, loo.items, split.history_items, split.history_lengths
+        )
+        ndcg = ranking_metrics(loo.users, loo.labels, scores, ks=(10,), ties=config.ties)
+        collapsed = collapsed + 1 if ranks_nothing(loo.users, scores) else 0
         row = EpochLog(
             epoch=epoch,
             nll=float(sums[0] / sums[1]),
@@ -447,6 +462,15 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
                 cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             )
             on_epoch(row, state)
+        if collapsed >= config.patience:
+            raise TrainingCollapsed(
+                f"epoch {epoch}: for {collapsed} epochs every user's leave-one-out candidates "
+                f"all scored the same (training NLL {row.nll:.6g}): the model collapsed and "
+                "ranks nothing. Weight decay can pull the embeddings to zero before the "
+                "data's gradient takes hold (pairwise BPR is the known case, docs/results.md); "
+                "try another seed or weaker decay (a smaller weight_decay, or "
+                "loss_reduction='sum')"
+            )
     model.load_state_dict(best_state)
     result.best_epoch, result.best_loo_ndcg10 = stopper.best_epoch, stopper.best
     return result

@@ -10,15 +10,17 @@ import pyro
 import pytest
 import torch
 
+from pyro_bamf import training
 from pyro_bamf.batch import Batch, bucketed_order, training_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
-from pyro_bamf.evaluation import evaluate_candidates
+from pyro_bamf.evaluation import evaluate_candidates, ranks_nothing
 from pyro_bamf.metrics import ranking_metrics
 from pyro_bamf.model import BAMF
 from pyro_bamf.recommender import BAMFRecommender
 from pyro_bamf.training import (
     EarlyStopping,
+    TrainingCollapsed,
     kl_lambda,
     loss_scales,
     make_elbo,
@@ -304,6 +306,44 @@ def test_fit_logs_every_epoch_and_keeps_the_best_epoch_weights(fitted):
     loo = split.candidates("loo", recommender.config.eval_negatives)
     again = evaluate_candidates(recommender.model, split, loo, ks=(10,))["ndcg@10"]
     assert again == best.loo_ndcg10, "the restored weights are not those of the best epoch"
+
+
+def test_ranks_nothing_is_true_only_when_every_user_has_one_score():
+    users = np.array([3, 1, 3, 1, 2])
+    assert ranks_nothing(users, np.array([0.5, 2.0, 0.5, 2.0, -1.0]))  # constant per user
+    assert not ranks_nothing(users, np.array([0.5, 2.0, 0.5, 2.5, -1.0]))  # user 1 is ordered
+    assert not ranks_nothing(users, np.array([0.5, 2.0, 0.6, 2.0, -1.0]))  # user 3 is ordered
+    assert ranks_nothing(np.array([4]), np.array([1.0]))
+    assert not ranks_nothing(np.array([], dtype=int), np.array([]))
+
+
+@pytest.mark.parametrize("learning", ["pointwise", "pairwise"])
+def test_fit_raises_training_collapsed_after_patience_epochs_of_tied_scores(monkeypatch, learning):
+    """Tied LOO scores (one score per user) in epochs 1, 3, 4: the counter restarts after
+    epoch 2 and fit raises at epoch 4 (patience 2), after ``on_epoch`` saw every epoch."""
+    data = make_synthetic(n_users=40, n_items=100, rank=3, mean_interactions=12, seed=0)
+    config = BAMFConfig(
+        data="synthetic", learning=learning, embedding_dim=8, max_history=15, max_epochs=8,
+        patience=2, warmup_epochs=8, kl_anneal_epochs=0,
+    )  # fmt: skip
+    split = ImplicitSplit.from_interactions(data, seed=0, max_history=15)
+    real_scores, calls = training.score_candidates, []
+
+    def scores(model, users, *args):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2 ranks
+            return real_scores(model, users, *args)
+        return users.astype(np.float32)  # one score per user
+
+    monkeypatch.setattr(training, "score_candidates", scores)
+    seen = []
+    model = BAMF(split.n_users, split.n_items, config)
+    with pytest.raises(TrainingCollapsed, match=r"epoch 4: for 2 epochs .* collapsed"):
+        training.fit(
+            model, split, config, split.candidates("loo", 99), progress=False,
+            on_epoch=lambda row, state: seen.append(row.epoch),
+        )  # fmt: skip
+    assert seen == [1, 2, 3, 4]
 
 
 def small_fit(seed: int, learning: str):
