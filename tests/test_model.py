@@ -666,6 +666,15 @@ def test_a_second_model_under_the_same_pyro_name_trains_its_own_parameters(split
     assert "user_embedding.weight" in changed and "head.0.weight" in changed
 
 
+def seeded_loss_and_grads(model: BAMF, batch: Batch):
+    """``ClosedFormKLELBO``'s loss (scales 0.5, 0.2) and every gradient, from seed 5."""
+    model.zero_grad()
+    pyro.set_rng_seed(5)
+    loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
 def test_registered_once_registers_the_networks_once_and_keeps_the_loss(split):
     """Inside ``registered_once`` the traces lose their ``param`` sites (the store keeps every
     parameter) and the loss and gradients stay bit-identical; leaving the block, also by an
@@ -679,20 +688,13 @@ def test_registered_once_registers_the_networks_once_and_keeps_the_loss(split):
         trace = poutine.trace(fn).get_trace(batch)
         return {name for name, site in trace.nodes.items() if site["type"] == "param"}
 
-    def loss_and_grads():
-        model.zero_grad()
-        pyro.set_rng_seed(5)
-        loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
     assert params_in(model.model) | params_in(model.guide) == names
-    outside = loss_and_grads()
+    outside = seeded_loss_and_grads(model, batch)
     pyro.clear_param_store()
     with model.registered_once():
         assert set(pyro.get_param_store().keys()) == names
         assert params_in(model.model) == params_in(model.guide) == set()
-        inside = loss_and_grads()
+        inside = seeded_loss_and_grads(model, batch)
     assert torch.equal(inside[0], outside[0])
     assert all(torch.equal(a, b) for a, b in zip(inside[1], outside[1], strict=True))
     assert params_in(model.guide)
@@ -717,21 +719,14 @@ def test_without_weight_sites_drops_only_the_weight_sites_and_keeps_loss_and_gra
         nodes = trace.nodes.items()
         return {name: site["value"] for name, site in nodes if site["type"] == "sample"}
 
-    def loss_and_grads():
-        model.zero_grad()
-        pyro.set_rng_seed(5)
-        loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
     weights = {"user_weights", "item_weights"}
     pyro.set_rng_seed(3)
     outside_sites = model_sites()
-    outside = loss_and_grads()
+    outside = seeded_loss_and_grads(model, batch)
     with model.without_weight_sites():
         pyro.set_rng_seed(3)
         inside_sites = model_sites()
-        inside = loss_and_grads()
+        inside = seeded_loss_and_grads(model, batch)
     assert weights <= set(outside_sites) and not weights & set(inside_sites)
     assert set(outside_sites) - weights == set(inside_sites)
     assert all(torch.equal(inside_sites[k], outside_sites[k]) for k in inside_sites)
