@@ -137,6 +137,26 @@ def test_missing_compiler_exits_2_naming_the_setting_and_writes_nothing(
     assert not out.exists()
 
 
+def test_collapsed_training_exits_2_and_leaves_the_run_marked_incomplete(
+    tmp_path, monkeypatch, capsys
+):
+    """Every leave-one-out list tied (one score per user) for ``patience`` epochs: the run
+    stops with the collapse named, its history kept and no metrics.json."""
+    from pyro_bamf import training
+
+    monkeypatch.setattr(
+        training, "score_candidates", lambda model, users, *rest: users.astype("float32")
+    )
+    out = tmp_path / "collapsed"
+    args = [*train_args(out), "--set", "max_epochs=4", "--set", "patience=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-bamf: error: epoch 2: for 2 epochs") and "collapsed" in err
+    assert (out / "INCOMPLETE").exists() and not (out / "metrics.json").exists()
+    with open(out / "history.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+
+
 def test_wrongly_typed_set_value_exits_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--set", "dropout=high"]) == 2
     assert "dropout" in capsys.readouterr().err
