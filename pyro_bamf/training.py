@@ -363,7 +363,8 @@ def fit(
 
     Raises :class:`TrainingCollapsed` after ``patience`` epochs in a row in which every
     user's leave-one-out candidates all got one score (the model ranks nothing; the LOO
-    NDCG@10 is then 0 with pessimistic ties), after ``on_epoch`` has seen the last one.
+    NDCG@10 is then 0 with pessimistic ties), after ``on_epoch`` has seen the last one; a
+    resumed run counts those epochs afresh.
     """
     if config.retain_freed_memory:
         retain_freed_memory()
