@@ -157,9 +157,10 @@ class BAMF(nn.Module):
 
         Those sites never enter the ELBO (a deterministic site's log-density is a masked
         zero), so the loss and its gradients are unchanged (tested); the block saves their
-        two ``Delta`` distributions and effect-handler passes per step (~0.3 ms, about 1 %
-        of a step at the paper's settings). :func:`pyro_bamf.training.fit` takes its steps
-        inside it; ``Predictive`` and traces that need the weights run outside it.
+        two ``Delta`` distributions and effect-handler passes per step (~170 Python calls,
+        below what the benchmark resolves: docs/performance.md). :func:`pyro_bamf.training.fit`
+        takes its steps inside it; ``Predictive`` and traces that need the weights run outside
+        it.
         """
         previous, self.weight_sites = self.weight_sites, False
         try:
