@@ -143,11 +143,8 @@ class BAMF(nn.Module):
         sites: run it outside the block.
         """
         pyro.module("bamf", self)
-        previous, self.param_sites = self.param_sites, False
-        try:
+        with self._switched_off("param_sites"):
             yield self
-        finally:
-            self.param_sites = previous
 
     @contextmanager
     def without_weight_sites(self) -> Iterator[BAMF]:
@@ -162,11 +159,18 @@ class BAMF(nn.Module):
         takes its steps inside it; ``Predictive`` and traces that need the weights run outside
         it.
         """
-        previous, self.weight_sites = self.weight_sites, False
-        try:
+        with self._switched_off("weight_sites"):
             yield self
+
+    @contextmanager
+    def _switched_off(self, flag: str) -> Iterator[None]:
+        """Set the boolean attribute ``flag`` to false for the block, then restore it."""
+        previous = getattr(self, flag)
+        setattr(self, flag, False)
+        try:
+            yield
         finally:
-            self.weight_sites = previous
+            setattr(self, flag, previous)
 
     @property
     def n_users(self) -> int:
