@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import kernels
-from .families import guide_distribution, prior_distribution
+from .distributions import MaskedLogNormal, history_site
+from .families import guide_distribution, lognormal_loc, prior_distribution
 
 
 def dropout_keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
@@ -276,27 +277,34 @@ class AttentionPrior(nn.Module):
             return None
         return self.net(keys).squeeze(-1) + self.log_mean
 
-    def dist(self, log_mean: torch.Tensor | None, shape: torch.Size, ref: torch.Tensor):
-        """The prior of mean ``exp(m)`` with batch ``shape`` (dtype, device of ``ref``).
+    def site(self, log_mean: torch.Tensor | None, mask: torch.Tensor, ref: torch.Tensor):
+        """The prior of mean ``exp(m)`` as the site distribution of ``mask (G, S, L)``: batch
+        ``(G,)``, event ``(S, L)`` (dtype, device of ``ref``); ``log_mean`` ``(G, 1, L)`` or
+        ``None`` for the constant.
 
-        Default: ``LogNormal(m - sigma^2/2, sigma)``.
+        Default: ``LogNormal(m - sigma^2/2, sigma)`` (:class:`MaskedLogNormal`).
         """
         if log_mean is None:
             log_mean = ref.new_full((), self.log_mean)
-        return _expanded(prior_distribution(self.family, log_mean, self.sigma, self.shape), shape)
+        if self.family == "lognormal":
+            return MaskedLogNormal(lognormal_loc(log_mean, self.sigma), self.sigma, mask)
+        prior = prior_distribution(self.family, log_mean, self.sigma, self.shape)
+        return history_site(_expanded(prior, mask.shape), mask)
 
 
-def guide_dist(
-    psi: torch.Tensor, family: str, sigma: torch.Tensor | float, shape: float, size: torch.Size
+def guide_site(
+    psi: torch.Tensor, family: str, sigma: torch.Tensor | float, shape: float, mask: torch.Tensor
 ):
-    """The guide of mean ``exp(psi)`` with batch shape ``size``; ``sigma`` a float or a tensor
-    broadcastable to ``psi``.
+    """The guide of mean ``exp(psi)`` as the site distribution of ``mask (G, S, L)``; ``sigma``
+    a float or a tensor broadcastable to ``psi``.
 
-    Default: ``LogNormal(psi - sigma^2/2, sigma)``.
+    Default: ``LogNormal(psi - sigma^2/2, sigma)`` (:class:`MaskedLogNormal`).
     """
+    if family == "lognormal":
+        return MaskedLogNormal(lognormal_loc(psi, sigma), sigma, mask)
     if isinstance(sigma, torch.Tensor):
         psi, sigma = torch.broadcast_tensors(psi, sigma)
-    return _expanded(guide_distribution(family, psi, sigma, shape), size)
+    return history_site(_expanded(guide_distribution(family, psi, sigma, shape), mask.shape), mask)
 
 
 def _expanded(distribution, size: torch.Size):

@@ -33,11 +33,17 @@ GUIDE_FAMILIES = ("lognormal", "weibull")
 EULER_GAMMA = 0.5772156649015329
 
 
+def lognormal_loc(log_mean, sigma):
+    """``m - sigma^2 / 2``: the location of the log-normal of mean ``exp(m)`` and spread
+    ``sigma``."""
+    return log_mean - 0.5 * sigma**2
+
+
 def prior_distribution(family: str, log_mean: torch.Tensor, sigma: float, shape: float):
     """The prior of mean ``exp(log_mean)``; ``sigma`` is the lognormal spread, ``shape`` the
     gamma/Weibull shape parameter."""
     if family == "lognormal":
-        return dist.LogNormal(log_mean - 0.5 * sigma**2, sigma)
+        return dist.LogNormal(lognormal_loc(log_mean, sigma), sigma)
     mean = log_mean.exp()
     if family == "gamma":
         return dist.Gamma(torch.full_like(mean, shape), shape / mean)
@@ -53,7 +59,7 @@ def prior_distribution(family: str, log_mean: torch.Tensor, sigma: float, shape:
 def guide_distribution(family: str, psi: torch.Tensor, sigma: float, shape: float):
     """The variational distribution of mean ``exp(psi)``."""
     if family == "lognormal":
-        return dist.LogNormal(psi - 0.5 * sigma**2, sigma)
+        return dist.LogNormal(lognormal_loc(psi, sigma), sigma)
     if family == "weibull":
         scale = psi.exp() / math.gamma(1.0 + 1.0 / shape)
         return dist.Weibull(scale, torch.full_like(psi, shape))

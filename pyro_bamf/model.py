@@ -14,8 +14,9 @@ The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, 
 module's query is ``p_u``, the item module's ``q_i``; ``sq`` is fixed or learned per weight
 (``guide_spread``). These are the default families; others of the same means are set by
 ``prior_family`` and ``guide_family`` (:mod:`pyro_bamf.families`). One plate over the ``G``
-groups (dim -1);
-the ``(S, L)`` axes are event axes, masked over padding and the target before ``to_event``.
+groups (dim -1); the ``(S, L)`` axes are event axes, masked over padding and the target
+(:mod:`pyro_bamf.distributions`: a :class:`~pyro_bamf.distributions.MaskedLogNormal` for the
+default family, ``Independent(base.mask(mask), 2)`` for the others).
 """
 
 from __future__ import annotations
@@ -30,32 +31,10 @@ from pyro import poutine
 from torch import nn
 
 from . import kernels
-from .attention import AttentionPrior, GuideSpread, ScoreNetwork, guide_dist, simplex_weights
+from .attention import AttentionPrior, GuideSpread, ScoreNetwork, guide_site, simplex_weights
 from .batch import Batch
 from .config import BAMFConfig
-
-
-class EventSite(dist.Independent):
-    """``Independent(base, n)`` whose :meth:`expand` to its own batch shape returns itself.
-
-    ``pyro.plate`` broadcasts every sample site's distribution with ``expand``, even one whose
-    batch shape already is the plate's ``(G,)``; for ``base.mask(m).to_event(2)`` that rebuilds
-    the whole chain (``Independent``, ``MaskedDistribution``, the expanded base and its
-    transforms) and replaces the mask by a new view, so that the masked KL of model and guide
-    then combines two mask tensors with an extra ``&`` pass. Returning ``self`` keeps the same
-    distribution (same values, log-densities and gradients) without that work. Any other shape
-    (vectorised particles, ``Predictive(parallel=True)``) expands as usual.
-    """
-
-    def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self
-        return super().expand(batch_shape, _instance)
-
-
-def history_site(distribution, mask: torch.Tensor) -> EventSite:
-    """``distribution.mask(mask).to_event(2)`` for a ``(G, S, L)`` attention site."""
-    return EventSite(distribution.mask(mask), 2)
+from .distributions import EventSite
 
 
 def kl_scaled(scale: float) -> AbstractContextManager:
@@ -240,18 +219,17 @@ class BAMF(nn.Module):
     def model(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> torch.Tensor:
         """Prior over the attention scores, then the Bernoulli likelihood. Returns the logits."""
         self.register()
-        keys = self.history_vectors()
-        shape = batch.mask.shape
+        keys, mask = self.history_vectors(), batch.mask
         user_means = self.user_prior.item_log_means(keys)
         item_means = self.item_prior.item_log_means(keys)
-        with pyro.plate("groups", shape[0], dim=-1):
+        with pyro.plate("groups", mask.shape[0], dim=-1):
             with kl_scaled(kl_scale):
-                user_prior = self.user_prior.dist(_gather(user_means, batch), shape, keys)
-                item_prior = self.item_prior.dist(_gather(item_means, batch), shape, keys)
-                user_scores = pyro.sample("user_scores", history_site(user_prior, batch.mask))
-                item_scores = pyro.sample("item_scores", history_site(item_prior, batch.mask))
-            user_weights = self.weights(user_scores.log(), batch.mask)
-            item_weights = self.weights(item_scores.log(), batch.mask)
+                user_prior = self.user_prior.site(_gather(user_means, batch), mask, keys)
+                item_prior = self.item_prior.site(_gather(item_means, batch), mask, keys)
+                user_scores = pyro.sample("user_scores", user_prior)
+                item_scores = pyro.sample("item_scores", item_prior)
+            user_weights = self.weights(user_scores.log(), mask)
+            item_weights = self.weights(item_scores.log(), mask)
             if self.weight_sites:
                 user_weights = pyro.deterministic("user_weights", user_weights, event_dim=2)
                 item_weights = pyro.deterministic("item_weights", item_weights, event_dim=2)
@@ -271,13 +249,10 @@ class BAMF(nn.Module):
         ``exp(psi)``."""
         self.register()
         (psi_user, sigma_user), (psi_item, sigma_item) = self.attention_posterior(batch)
-        shape = batch.mask.shape
-        family, k = self.config.guide_family, self.config.guide_shape
-        with pyro.plate("groups", shape[0], dim=-1), kl_scaled(kl_scale):
-            user = guide_dist(psi_user, family, sigma_user, k, shape)
-            pyro.sample("user_scores", history_site(user, batch.mask))
-            item = guide_dist(psi_item, family, sigma_item, k, shape)
-            pyro.sample("item_scores", history_site(item, batch.mask))
+        family, k, mask = self.config.guide_family, self.config.guide_shape, batch.mask
+        with pyro.plate("groups", mask.shape[0], dim=-1), kl_scaled(kl_scale):
+            pyro.sample("user_scores", guide_site(psi_user, family, sigma_user, k, mask))
+            pyro.sample("item_scores", guide_site(psi_item, family, sigma_item, k, mask))
 
     def expected_logits(self, batch: Batch) -> torch.Tensor:
         """Logits ``(G, S)`` with each score at its posterior mean ``E[s] = exp(psi)``."""

@@ -27,7 +27,8 @@ from pyro_bamf.attention import (
 from pyro_bamf.batch import Batch, candidate_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
-from pyro_bamf.model import BAMF, EventSite, history_site
+from pyro_bamf.distributions import EventSite, MaskedLogNormal, history_site
+from pyro_bamf.model import BAMF
 from pyro_bamf.training import ClosedFormKLELBO, loss_scales, make_elbo, svi_step
 
 # Small networks keep the hand computations and the steps cheap.
@@ -106,10 +107,11 @@ def test_model_and_guide_latent_sites_have_same_names_shapes_and_plate(
         frames = [[(f.name, f.size, f.dim) for f in s["cond_indep_stack"]] for s in (g, m)]
         assert frames[0] == frames[1] == [("groups", groups, -1)]
         assert torch.equal(g["value"], m["value"])  # the model scored the guide's draws
-        # the same mask on both sides (else TraceMeanField_ELBO falls back to sampling), the
-        # batch's own tensor: the plate did not rebuild the site (EventSite.expand)
+        # the default family is one MaskedLogNormal per site, holding the batch's own mask
+        # tensor on both sides: the plate did not rebuild the site (MaskedLogNormal.expand)
         for site in (g, m):
-            assert site["fn"].base_dist._mask is batch.mask
+            assert isinstance(site["fn"], MaskedLogNormal)
+            assert site["fn"].mask is batch.mask
         assert torch.all(g["value"] > 0)
 
     obs = model_sites["obs"]
