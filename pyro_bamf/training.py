@@ -228,13 +228,30 @@ def svi_step(
         raise FloatingPointError(f"non-finite loss ({bad} term went bad)")
     loss.backward()
     grads = [(name, p.grad) for name, p in inner.named_params if p.grad is not None]
-    # a NaN or inf anywhere makes a tensor's norm non-finite: one fused pass per tensor
-    finite = torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in grads])))
-    if not bool(finite.all()):
-        bad = [name for (name, _), ok in zip(grads, finite.tolist(), strict=True) if not ok]
+    if not gradients_finite([grad for _, grad in grads]):
+        bad = [name for name, grad in grads if not bool(torch.isfinite(grad).all())]
         raise FloatingPointError(f"non-finite gradient of {', '.join(bad)} (loss {terms.loss:.4g})")
     optimizer.step()
     return terms
+
+
+def gradients_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor in ``grads`` is finite.
+
+    One fused pass per device and dtype: ``torch.amp.GradScaler``'s check
+    (``torch._amp_foreach_non_finite_check_and_unscale_``) with a unit scale, which leaves
+    every value as it is (``x * 1 == x``). At the paper's settings it takes ~0.4 ms a step,
+    half of a ``torch._foreach_norm`` pass over the same tensors (docs/performance.md).
+    """
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault((grad.device, grad.dtype), []).append(grad)
+    for (device, _), group in groups.items():
+        found = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        if bool(found):
+            return False
+    return True
 
 
 @torch.no_grad()

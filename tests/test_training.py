@@ -216,6 +216,21 @@ def test_svi_step_raises_on_a_non_finite_gradient_naming_the_parameter(tiny_spli
         assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_gradients_finite_flags_any_non_finite_element_and_keeps_every_value(bad):
+    special = torch.tensor([0.0, -0.0, 1e-45, -3e38, 3e38, 1.5])  # signed zero, subnormal, huge
+    grads = [special.clone(), torch.randn(4, 3, dtype=torch.float64), torch.randn(7)]
+    before = [grad.clone() for grad in grads]
+    assert training.gradients_finite(grads)
+    for grad, old in zip(grads, before, strict=True):  # bit for bit, the sign of zero included
+        assert torch.equal(grad.view(-1).view(torch.uint8), old.view(-1).view(torch.uint8))
+    grads[1][2, 1] = bad
+    assert not training.gradients_finite(grads)
+    assert not training.gradients_finite([grads[1]])
+    assert training.gradients_finite([grads[0], grads[2]])
+    assert training.gradients_finite([])
+
+
 def test_make_optimizer_is_fused_adam_taking_the_single_tensor_step(tiny_split):
     config = BAMFConfig(embedding_dim=8, lr=1e-2, weight_decay=1e-3)
     model = BAMF(tiny_split.n_users, tiny_split.n_items, config)
