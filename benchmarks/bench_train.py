@@ -29,12 +29,12 @@ import time
 import numpy as np
 import pyro
 import torch
-from torch.distributions import LogNormal, kl_divergence
 
 from pyro_bamf import BAMF, BAMFConfig
 from pyro_bamf.allocator import retain_freed_memory
 from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
+from pyro_bamf.distributions import lognormal_kl
 from pyro_bamf.evaluation import score_candidates
 from pyro_bamf.training import (
     NegativeELBO,
@@ -60,19 +60,22 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
 
 
 def torch_loss(model: BAMF, batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
-    """The objective of ``model.model``/``guide`` written in plain PyTorch (no Pyro)."""
+    """The objective of ``model.model``/``guide`` written in plain PyTorch (no Pyro): the same
+    random draws in the same order and the same arithmetic (``lognormal_kl``), on tensors."""
     config = model.config
     psi_user, psi_item = model.attention_logits(batch)
     shape = batch.mask.shape
-    sigma = config.guide_sigma
+    sigma = torch.tensor(config.guide_sigma)
+    prior_sigma = torch.tensor(config.prior_sigma)
+    prior_loc = torch.tensor(config.prior_log_mean) - 0.5 * config.prior_sigma**2
     loss = 0.0
     log_scores = []
     for psi in (psi_user, psi_item):
-        guide = LogNormal((psi - 0.5 * sigma**2).expand(shape), sigma)
-        prior = LogNormal(config.prior_log_mean - 0.5 * config.prior_sigma**2, config.prior_sigma)
-        kl = kl_divergence(guide, LogNormal(prior.loc.expand(shape), config.prior_sigma))
-        loss = loss + kl_scale * (kl * batch.mask).sum()
-        log_scores.append(guide.rsample().log())
+        loc = (psi - 0.5 * config.guide_sigma**2).expand(shape)
+        kl = lognormal_kl(loc, sigma, prior_loc, prior_sigma)
+        loss = loss + kl_scale * torch.where(batch.mask, kl, 0.0).sum()
+        scores = torch.exp(loc + torch.randn(shape) * sigma)
+        log_scores.append(scores.log())
     weights = [model.weights(s, batch.mask) for s in log_scores]
     logits = model.logits(batch, *weights)
     nll = torch.nn.functional.binary_cross_entropy_with_logits(
