@@ -58,8 +58,9 @@ class MaskedLogNormal(dist.TorchDistribution):
 
     ``mask (..., G, S, L)`` bool fixes the shapes: batch ``(..., G)``, event ``(S, L)``.
     ``loc`` and ``scale`` broadcast to ``mask.shape``: a 0-dim tensor (a constant prior), the
-    user side ``(G, 1, L)``, or the full shape; ``scale`` may also be a float. They are kept as
-    broadcast views, so a constant prior or a per-user location costs no ``G * S * L`` copies.
+    user side ``(G, 1, L)``, or the full shape; ``scale`` may also be a float. A 0-dim one stays
+    a number; any other is expanded to ``mask.shape`` as a view, so a per-user location costs
+    no ``G * S * L`` copy and draws and KL share one broadcast, as in the chain it replaces.
 
     It is ``LogNormal(loc, scale).expand(mask.shape).mask(mask).to_event(2)`` (same samples
     for the same random state, same log-densities, same KL and gradients, tested) as one
