@@ -61,11 +61,6 @@ class Batch:
         )
 
     @cached_property
-    def groups(self) -> torch.Tensor:
-        """``arange(G)``: the index of every group, all members of the model's plate."""
-        return torch.arange(self.mask.shape[0], device=self.mask.device)
-
-    @cached_property
     def n_valid(self) -> int:
         """Unmasked ``(example, history item)`` pairs: ``mask.sum()``."""
         return int(self.mask.sum())

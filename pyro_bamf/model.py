@@ -37,16 +37,6 @@ from .config import BAMFConfig
 from .distributions import EventSite
 
 
-def groups_plate(batch: Batch) -> pyro.plate:
-    """The plate ``"groups"`` over the batch's ``G`` groups (dim -1).
-
-    Every group is present, so their index ``batch.groups`` is given as the plate's subsample:
-    the same plate (scale ``G / G = 1``) without Pyro's subsample site, a message through every
-    handler in model and guide at each step.
-    """
-    return pyro.plate("groups", len(batch.groups), dim=-1, subsample=batch.groups)
-
-
 def kl_scaled(scale: float) -> AbstractContextManager:
     """Scale the latent sites by ``scale``; a zero weight masks them out (``scale(0)`` raises).
 
@@ -232,7 +222,7 @@ class BAMF(nn.Module):
         keys, mask = self.history_vectors(), batch.mask
         user_means = self.user_prior.item_log_means(keys)
         item_means = self.item_prior.item_log_means(keys)
-        with groups_plate(batch):
+        with pyro.plate("groups", mask.shape[0], dim=-1):
             with kl_scaled(kl_scale):
                 user_prior = self.user_prior.site(_gather(user_means, batch), mask, keys)
                 item_prior = self.item_prior.site(_gather(item_means, batch), mask, keys)
@@ -260,7 +250,7 @@ class BAMF(nn.Module):
         self.register()
         (psi_user, sigma_user), (psi_item, sigma_item) = self.attention_posterior(batch)
         family, k, mask = self.config.guide_family, self.config.guide_shape, batch.mask
-        with groups_plate(batch), kl_scaled(kl_scale):
+        with pyro.plate("groups", mask.shape[0], dim=-1), kl_scaled(kl_scale):
             pyro.sample("user_scores", guide_site(psi_user, family, sigma_user, k, mask))
             pyro.sample("item_scores", guide_site(psi_item, family, sigma_item, k, mask))
 
