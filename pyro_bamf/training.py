@@ -247,8 +247,9 @@ def gradients_finite(grads: list[torch.Tensor]) -> bool:
     for grad in grads:
         groups.setdefault((grad.device, grad.dtype), []).append(grad)
     for (device, _), group in groups.items():
-        found = torch.zeros(1, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        found = torch.zeros(1, dtype=torch.float32, device=device)
+        unit = torch.ones(1, dtype=torch.float32, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
         if bool(found):
             return False
     return True

@@ -231,6 +231,16 @@ def test_gradients_finite_flags_any_non_finite_element_and_keeps_every_value(bad
     assert training.gradients_finite([])
 
 
+def test_gradients_finite_works_under_a_float64_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert training.gradients_finite([torch.ones(3), torch.ones(2, dtype=torch.float32)])
+        assert not training.gradients_finite([torch.ones(2), torch.tensor([math.inf])])
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_make_optimizer_is_fused_adam_taking_the_single_tensor_step(tiny_split):
     config = BAMFConfig(embedding_dim=8, lr=1e-2, weight_decay=1e-3)
     model = BAMF(tiny_split.n_users, tiny_split.n_items, config)
