@@ -295,15 +295,13 @@ class AttentionPrior(nn.Module):
 def guide_site(
     psi: torch.Tensor, family: str, sigma: torch.Tensor | float, shape: float, mask: torch.Tensor
 ):
-    """The guide of mean ``exp(psi)`` as the site distribution of ``mask (G, S, L)``; ``sigma``
-    a float or a tensor broadcastable to ``psi``.
+    """The guide of mean ``exp(psi)`` as the site distribution of ``mask (G, S, L)``.
 
-    Default: ``LogNormal(psi - sigma^2/2, sigma)`` (:class:`MaskedLogNormal`).
+    Default: ``LogNormal(psi - sigma^2/2, sigma)`` (:class:`MaskedLogNormal`), ``sigma`` a
+    float or (learned spread) a tensor broadcastable to ``psi``; ``shape`` is the Weibull's.
     """
     if family == "lognormal":
         return MaskedLogNormal(lognormal_loc(psi, sigma), sigma, mask)
-    if isinstance(sigma, torch.Tensor):
-        psi, sigma = torch.broadcast_tensors(psi, sigma)
     return history_site(_expanded(guide_distribution(family, psi, sigma, shape), mask.shape), mask)
 
 

@@ -56,7 +56,7 @@ def _sum_event(values: torch.Tensor) -> torch.Tensor:
 class MaskedLogNormal(dist.TorchDistribution):
     """``LogNormal(loc, scale)`` scores of ``G`` groups over a masked ``(S, L)`` history.
 
-    ``mask (..., G, S, L)`` bool fixes the shapes: batch ``(..., G)``, event ``(S, L)``.
+    ``mask (..., G, S, L)`` (bool) fixes the shapes: batch ``(..., G)``, event ``(S, L)``.
     ``loc`` and ``scale`` broadcast to ``mask.shape``: a 0-dim tensor (a constant prior), the
     user side ``(G, 1, L)``, or the full shape; ``scale`` may also be a float. A 0-dim one stays
     a number; any other is expanded to ``mask.shape`` as a view, so a per-user location costs
@@ -77,7 +77,9 @@ class MaskedLogNormal(dist.TorchDistribution):
         shape = mask.shape
         if mask.dim() < 3:
             raise ValueError(f"mask must be (..., G, S, L), got shape {tuple(shape)}")
-        loc = torch.as_tensor(loc)
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+        loc = torch.as_tensor(loc, device=mask.device)
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         self.loc = loc if loc.dim() == 0 or loc.shape == shape else loc.expand(shape)
         self.scale = scale if scale.dim() == 0 or scale.shape == shape else scale.expand(shape)
@@ -130,6 +132,7 @@ class MaskedLogNormal(dist.TorchDistribution):
 
 @register_kl(MaskedLogNormal, MaskedLogNormal)
 def _kl_masked_lognormal(p: MaskedLogNormal, q: MaskedLogNormal) -> torch.Tensor:
+    """``KL(p || q)`` (``p`` the guide) summed over ``p.mask & q.mask``, shape ``(..., G)``."""
     mask = p.mask if p.mask is q.mask else p.mask & q.mask
     kl = lognormal_kl(p.loc, p.scale, q.loc, q.scale)
     return _sum_event(torch.where(mask, kl, kl.new_zeros(())))

@@ -132,6 +132,8 @@ def test_mean_and_variance_are_the_lognormal_moments():
 def test_bad_shapes_and_parameters_are_named():
     with pytest.raises(ValueError, match=r"mask must be \(\.\.\., G, S, L\)"):
         MaskedLogNormal(torch.tensor(0.0), 1.0, torch.ones(S, L, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be a bool tensor, got torch.uint8"):
+        MaskedLogNormal(torch.tensor(0.0), 1.0, torch.ones(G, S, L, dtype=torch.uint8))
     mask = random_mask(7)
     with pytest.raises(ValueError, match="scale"):
         MaskedLogNormal(torch.zeros(G, S, L), -torch.ones(G, S, L), mask, validate_args=True)

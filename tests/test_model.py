@@ -123,6 +123,26 @@ def test_model_and_guide_latent_sites_have_same_names_shapes_and_plate(
         assert model_sites[name]["value"].shape == (groups, size, width)
 
 
+@pytest.mark.parametrize(
+    ("guide_family", "prior_family"),
+    [("weibull", "gamma"), ("lognormal", "gamma"), ("weibull", "lognormal")],
+)
+def test_other_families_are_event_sites_holding_the_batch_mask(split, guide_family, prior_family):
+    config = make_config(guide_family=guide_family, prior_family=prior_family)
+    model = BAMF(split.n_users, split.n_items, config)
+    batch = make_batch(split, "pointwise")
+    guide_trace = poutine.trace(model.guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
+    for trace, family in ((guide_trace, guide_family), (model_trace, prior_family)):
+        for name in ("user_scores", "item_scores"):
+            fn = trace.nodes[name]["fn"]
+            if family == "lognormal":
+                assert isinstance(fn, MaskedLogNormal) and fn.mask is batch.mask
+            else:  # not rebuilt by the plate's broadcast (EventSite.expand)
+                assert isinstance(fn, EventSite) and fn.base_dist._mask is batch.mask
+            assert (fn.batch_shape, fn.event_shape) == (batch.mask.shape[:1], batch.mask.shape[1:])
+
+
 def test_event_site_expands_to_its_own_shape_as_itself_and_to_others_as_independent():
     mask = torch.tensor([[True, False, True], [True, True, False]])
     base = dist.LogNormal(torch.randn(2, 3), 0.5)
