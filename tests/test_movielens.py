@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pyro_bamf import cli as cli_module
+from pyro_bamf.cli import main
 from pyro_bamf.data import (
     EXPECTED,
     DataError,
@@ -25,6 +27,7 @@ from pyro_bamf.data import (
     make_synthetic,
     movie_titles,
 )
+from pyro_bamf.data import movielens as movielens_module
 from pyro_bamf.data import sources as sources_module
 
 DESCRIBE = {
@@ -194,18 +197,23 @@ def test_fetch_lands_a_valid_zip_in_the_cache(served, tmp_path, refused_url):
     assert fetch_movielens(cache, url=refused_url, timeout=10) == path
 
 
-def test_fetch_replaces_an_invalid_cached_file(served, tmp_path):
+def test_fetch_replaces_an_invalid_cached_file_only_when_asked(served, tmp_path):
     (tmp_path / "ml-latest-small.zip").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="was invalid and has been deleted"):
-        path = fetch_movielens(tmp_path, url=f"{served}/good.zip", timeout=10)
+    with pytest.raises(DataError, match="is invalid: not a zip archive .*--replace-invalid"):
+        fetch_movielens(tmp_path, url=f"{served}/good.zip", timeout=10)
+    assert (tmp_path / "ml-latest-small.zip").read_bytes() == b"garbage"
+    with pytest.warns(UserWarning, match=r"moved it to .*ml-latest-small\.zip\.invalid and put"):
+        path = fetch_movielens(tmp_path, url=f"{served}/good.zip", timeout=10, replace_invalid=True)
     assert_counts(load_movielens(path))
+    assert (tmp_path / "ml-latest-small.zip.invalid").read_bytes() == b"garbage"
 
 
-def test_invalid_cached_file_is_deleted_and_reported_when_refetch_fails(served, tmp_path):
+def test_invalid_cached_file_is_kept_when_the_refetch_fails(served, tmp_path):
     (tmp_path / "ml-latest-small.zip").write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match="was invalid and has been"):
-        fetch_movielens(tmp_path, url=f"{served}/truncated.zip", timeout=10)
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match="not a zip archive.*was left as it was"):
+        fetch_movielens(tmp_path, url=f"{served}/truncated.zip", timeout=10, replace_invalid=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["ml-latest-small.zip"]
+    assert (tmp_path / "ml-latest-small.zip").read_bytes() == b"garbage"
 
 
 @pytest.mark.parametrize(
@@ -292,3 +300,102 @@ def test_load_only_reads_user_and_item_columns(tmp_path, no_network):
     frame.to_csv(folder / "ratings.csv", index=False)
     data = load_movielens(folder)
     assert np.array_equal(data.items, [0, 1, 0])
+
+
+# --------------------------------------------------------------------------- invalid cache
+
+
+@pytest.fixture
+def tiny_archive(tmp_path, monkeypatch) -> Path:
+    """A three-rating ml-latest-small zip that passes the archive check (EXPECTED patched)."""
+    ratings = b"userId,movieId,rating,timestamp\n1,10,4,0\n1,20,3,0\n2,10,5,0\n"
+    path = build_zip(tmp_path / "tiny.zip", {"ml-latest-small/ratings.csv": ratings})
+    monkeypatch.setattr(movielens_module, "EXPECTED", dict(n_interactions=3, n_users=2, n_items=2))
+    return path
+
+
+@pytest.fixture
+def invalid_cache(tmp_path) -> Path:
+    """A cache folder whose ml-latest-small.zip holds garbage."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ml-latest-small.zip").write_bytes(b"garbage")
+    return cache
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_invalid_cached_zip_is_refused_untouched_and_offline(invalid_cache, no_network):
+    with pytest.raises(DataError) as info:
+        fetch_movielens(invalid_cache)
+    message = str(info.value)
+    assert str(invalid_cache / "ml-latest-small.zip") in message and "\n" not in message
+    assert "not a zip archive (7 bytes" in message
+    assert "pyro-bamf data fetch --replace-invalid" in message
+    assert listing(invalid_cache) == {"ml-latest-small.zip": b"garbage"}
+
+
+@pytest.mark.parametrize("served_file", ["absent.zip", "page.html"])
+def test_replace_invalid_keeps_the_old_file_when_the_download_fails(
+    invalid_cache, tmp_path, served_file
+):
+    (tmp_path / "page.html").write_bytes(b"<html>Moved</html>")
+    url = (tmp_path / served_file).as_uri()
+    with pytest.raises(DataError, match=r"could not fetch .* was left as it was$"):
+        fetch_movielens(invalid_cache, url=url, replace_invalid=True)
+    assert listing(invalid_cache) == {"ml-latest-small.zip": b"garbage"}
+
+
+def test_replace_invalid_moves_the_old_file_to_a_free_name(invalid_cache, tiny_archive):
+    (invalid_cache / "ml-latest-small.zip.invalid").write_bytes(b"older garbage")
+    with pytest.warns(UserWarning, match=r"moved it to .*ml-latest-small\.zip\.invalid\.1 "):
+        path = fetch_movielens(invalid_cache, url=tiny_archive.as_uri(), replace_invalid=True)
+    assert load_movielens(path).n_interactions == 3
+    assert listing(invalid_cache) == {
+        "ml-latest-small.zip": path.read_bytes(),
+        "ml-latest-small.zip.invalid": b"older garbage",
+        "ml-latest-small.zip.invalid.1": b"garbage",
+    }
+
+
+def test_replace_invalid_leaves_a_valid_cached_zip_alone(tmp_path, tiny_archive, no_network):
+    cached = tmp_path / "cache" / "ml-latest-small.zip"
+    cached.parent.mkdir()
+    cached.write_bytes(tiny_archive.read_bytes())
+    assert fetch_movielens(cached.parent, replace_invalid=True) == cached
+    assert [p.name for p in cached.parent.iterdir()] == ["ml-latest-small.zip"]
+
+
+def test_cli_data_fetch_refuses_then_replaces_an_invalid_zip(
+    invalid_cache, tiny_archive, monkeypatch, capsys
+):
+    argv = ["data", "fetch", "--data-dir", str(invalid_cache)]
+    assert main(argv) == 2
+    assert "--replace-invalid" in capsys.readouterr().err
+    assert listing(invalid_cache) == {"ml-latest-small.zip": b"garbage"}
+
+    def fetch(data_dir, **options):  # the real fetch, from the local archive
+        return fetch_movielens(data_dir, url=tiny_archive.as_uri(), **options)
+
+    monkeypatch.setattr(cli_module, "fetch_movielens", fetch)
+    with pytest.warns(UserWarning, match=r"moved it to .*ml-latest-small\.zip\.invalid and"):
+        assert main([*argv, "--replace-invalid"]) == 0
+    assert capsys.readouterr().out.strip() == str(invalid_cache / "ml-latest-small.zip")
+    assert (invalid_cache / "ml-latest-small.zip.invalid").read_bytes() == b"garbage"
+
+
+def test_auto_falls_back_naming_an_invalid_cached_zip(invalid_cache, no_network):
+    with pytest.warns(UserWarning, match="FALLING BACK.*the cached .*ml-latest-small.zip is inv"):
+        data = load_data("auto", data_dir=invalid_cache)
+    assert data.fingerprint() == make_synthetic().fingerprint()
+    assert listing(invalid_cache) == {"ml-latest-small.zip": b"garbage"}
+
+
+@pytest.mark.parametrize("spec", ["", "   ", "\t\n"])
+def test_load_data_refuses_an_empty_spec(spec, tmp_path, monkeypatch):
+    (tmp_path / "ratings.csv").write_text("userId,movieId\n1,2\n")  # was read from "."
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^the data spec is empty: expected a path \("):
+        load_data(spec)

@@ -171,6 +171,36 @@ def test_user_who_saw_every_item_cannot_get_negatives():
         split.candidates("test", 1)
 
 
+@pytest.mark.parametrize("n_negatives", [0, -1])
+def test_candidates_need_at_least_one_negative(small_data, n_negatives):
+    split = ImplicitSplit.from_interactions(small_data)
+    with pytest.raises(DataError, match=rf"^n_negatives must be >= 1, got {n_negatives}$"):
+        split.candidates("val", n_negatives)
+
+
+def test_candidates_refuse_more_negatives_than_a_user_has_unseen_items():
+    # Of 10 items, user "a" saw 6 (4 unseen) and user "b" saw 4 (6 unseen).
+    frame = pd.DataFrame({"userId": ["a"] * 6 + ["b"] * 4, "movieId": range(10)})
+    split = ImplicitSplit.from_interactions(from_frame(frame))
+    with pytest.warns(UserWarning) as caught:
+        pool = split.candidates("test", 5)
+    assert str(caught[0].message) == (
+        "1 user(s) have fewer unseen items than the 5 negatives asked for, e.g. user 0 "
+        "(original id 'a') has only 4: their pools repeat negatives; ask for at most 4 "
+        "(eval_negatives, or calibrate --negatives) for distinct ones"
+    )
+    assert np.count_nonzero((pool.users == 0) & (pool.labels == 0)) == 5  # repeated, as warned
+    with pytest.warns(UserWarning, match=r"^2 user\(s\) .* 7 negatives .* user 0 .* only 4:"):
+        split.candidates("val", 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as many negatives as unseen items: no warning
+        pool = split.candidates("loo", 4)
+    negatives = pool.items[(pool.users == 0) & (pool.labels == 0)]
+    assert negatives.size == 4 and set(negatives.tolist()) <= {6, 7, 8, 9}
+    # Training draws are not limited by the number of unseen items.
+    assert split.sample_negatives(np.array([0]), 9, np.random.default_rng(0)).shape == (1, 9)
+
+
 @pytest.mark.parametrize("part", ["val", "test", "loo"])
 def test_candidate_pools(ml_split, part):
     pool = ml_split.candidates(part, 99)

@@ -10,7 +10,7 @@ from pyro_bamf.data.movielens import (
     load_movielens,
     movie_titles,
 )
-from pyro_bamf.data.sources import load_data
+from pyro_bamf.data.sources import load_data, resolve_spec
 from pyro_bamf.data.split import Candidates, ImplicitSplit, Positives
 from pyro_bamf.data.synthetic import make_synthetic, planted_preferences
 
@@ -32,4 +32,5 @@ __all__ = [
     "make_synthetic",
     "movie_titles",
     "planted_preferences",
+    "resolve_spec",
 ]

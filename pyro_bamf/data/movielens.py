@@ -170,8 +170,21 @@ def _download(url: str, target: Path, timeout: float) -> None:
         raise DataError(f"truncated download: got {size} of {expected} bytes")
 
 
+def _free_aside_name(target: Path) -> Path:
+    """The first free name of ``<target>.invalid``, ``<target>.invalid.1``, ``.invalid.2``..."""
+    aside = target.with_name(f"{target.name}.invalid")
+    number = 0
+    while aside.exists() or aside.is_symlink():
+        number += 1
+        aside = target.with_name(f"{target.name}.invalid.{number}")
+    return aside
+
+
 def fetch_movielens(
-    data_dir: str | os.PathLike | None = None, url: str = URL, timeout: float = 60
+    data_dir: str | os.PathLike | None = None,
+    url: str = URL,
+    timeout: float = 60,
+    replace_invalid: bool = False,
 ) -> Path:
     """Download ml-latest-small.zip into the cache folder (once) and return its path.
 
@@ -179,21 +192,42 @@ def fetch_movielens(
     temporary file in the cache folder and is moved into place only after it opens as a zip holding
     ``ml-latest-small/ratings.csv`` with exactly the EXPECTED counts; on any failure the partial
     file is deleted and a DataError says what was wrong.
+
+    An existing file is never deleted. If the cached zip is invalid, a DataError says so and
+    nothing is touched, unless ``replace_invalid``: then a verified download takes its place and
+    the old file is renamed to ``ml-latest-small.zip.invalid`` (or ``.invalid.1``, ...), with a
+    warning naming it; if the download fails, the old file stays as it was.
     """
     target = cache_dir(data_dir) / _ZIP_NAME
-    stale = ""
-    if target.is_file():
+    invalid = None
+    if target.exists():
         try:
             _check_archive(target)
             return target
         except DataError as err:
-            target.unlink()
-            stale = f" (the cached {target} was invalid and has been deleted: {err})"
-            warnings.warn(f"re-downloading MovieLens{stale}", stacklevel=2)
+            invalid = err
+        if not replace_invalid:
+            raise DataError(
+                f"the cached {target} is invalid: {invalid}; nothing was changed: run "
+                "`pyro-bamf data fetch --replace-invalid` to download a verified copy "
+                "(the invalid file is then renamed, not deleted)"
+            )
+    aside = None
     try:
         with atomic_path(target) as tmp:
             _download(url, tmp, timeout)
             _check_archive(tmp)
+            if invalid is not None:
+                aside = _free_aside_name(target)
+                target.rename(aside)
     except DataError as err:
-        raise DataError(f"could not fetch MovieLens from {url}: {err}{stale}") from err
+        kept = "" if invalid is None else f"; the cached {target} was left as it was"
+        raise DataError(f"could not fetch MovieLens from {url}: {err}{kept}") from err
+    if aside is not None:
+        warnings.warn(
+            f"the cached {target} was invalid: {invalid}; moved it to {aside} and put a "
+            "verified download in its place",
+            UserWarning,
+            stacklevel=2,
+        )
     return target

@@ -89,8 +89,12 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
             ``"synthetic:n_users=200,n_items=400,seed=3"`` (overrides of make_synthetic);
             ``"auto"`` (MovieLens from the cache, else fetched, else synthetic with a warning).
         data_dir: the cache folder for ``"movielens"`` and ``"auto"`` (see ``cache_dir``).
+
+    An empty (or blank) string is refused rather than read as the current folder.
     """
     text = os.fspath(spec)
+    if isinstance(spec, str) and not text.strip():
+        raise DataError(f"the data spec is empty: expected {SPEC_HELP}")
     if not isinstance(spec, str) or Path(text).expanduser().exists():
         return _load_path(Path(text).expanduser())
     keyword, _, options = text.partition(":")
@@ -101,3 +105,11 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
     if keyword == "auto" and not options:
         return _auto(data_dir)
     raise DataError(f"unknown data spec {text!r}: no such file or folder; expected {SPEC_HELP}")
+
+
+def resolve_spec(spec: str) -> str:
+    """``spec`` with a path made absolute, so that it names the same data from any folder;
+    keywords (``movielens``, ``auto``, ``synthetic:...``) are returned as they are. A spec is
+    a path exactly when :func:`load_data` would read it as one."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec.strip() and path.exists() else spec

@@ -350,15 +350,41 @@ class ImplicitSplit:
         seen_below = np.searchsorted(keys, query, side="right") - starts[users][:, None]
         return rank + seen_below
 
+    def _check_enough_unseen(self, users: np.ndarray, n_negatives: int) -> None:
+        """DataError if ``n_negatives < 1``; a warning if a user has fewer unseen items than
+        ``n_negatives`` (the pool then repeats negatives).
+
+        Users without any unseen item are left to ``sample_negatives``, which names them.
+        """
+        if n_negatives < 1:
+            raise DataError(f"n_negatives must be >= 1, got {n_negatives}")
+        unseen = self._complement_index[2]
+        users = np.unique(users)
+        short = users[(unseen[users] > 0) & (unseen[users] < n_negatives)]
+        if short.size:
+            user = int(short[np.argmin(unseen[short])])
+            original = self.data.user_ids[user : user + 1].tolist()[0]
+            warnings.warn(
+                f"{short.size} user(s) have fewer unseen items than the {n_negatives} negatives "
+                f"asked for, e.g. user {user} (original id {original!r}) has only "
+                f"{unseen[user]}: their pools repeat negatives; ask for at most {unseen[user]} "
+                "(eval_negatives, or calibrate --negatives) for distinct ones",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def candidates(self, part: str, n_negatives: int, seed: int | None = None) -> Candidates:
         """Ranking pool of one part: each positive plus ``n_negatives`` negatives of its user.
 
         Rows are grouped by user (a user's positives first, then their negatives). The pool is
-        fixed by ``seed`` (default: the split's seed) and the part.
+        fixed by ``seed`` (default: the split's seed) and the part. Negatives are drawn with
+        replacement; a user with fewer unseen items than ``n_negatives`` gets a warning, as
+        the pool must then repeat them (``n_negatives < 1`` is a DataError).
         """
         if part not in CANDIDATE_PARTS:
             raise DataError(f"part must be one of {CANDIDATE_PARTS}, got {part!r}")
         positives: Positives = getattr(self, part)
+        self._check_enough_unseen(positives.users, n_negatives)
         rng = np.random.default_rng([self.seed if seed is None else seed, _PART_STREAM[part]])
         negatives = self.sample_negatives(positives.users, n_negatives, rng)
         users = np.concatenate([positives.users, np.repeat(positives.users, n_negatives)])
