@@ -30,10 +30,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_path
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = {"concat": CSRC / "concat_scores.c", "prod": CSRC / "prod_scores.c"}
@@ -92,12 +93,15 @@ def cxx_compiler() -> str | None:
 
 
 def check_build_tools(config, device: torch.device) -> None:
-    """Fail before any training if a compiler that ``config`` needs on ``device`` is missing:
-    a C compiler for ``fused_scores`` and a C++ compiler for ``compile_eval`` (CPU only)."""
+    """Fail before any training if a tool that ``config`` needs on ``device`` is unusable (CPU
+    only): load (else build) the kernel libraries of ``fused_scores`` (its score function's
+    and the ``concat`` one, whose row gather the embeddings use), and find a C++ compiler for
+    ``compile_eval``."""
     if device.type != "cpu":
         return
     if config.fused_scores:
-        compiler()
+        for kind in dict.fromkeys((config.score_fn, "concat")):
+            library(config.embedding_dim, kind)
     if config.compile_eval:
         cxx_compiler()
 
@@ -143,23 +147,32 @@ def library(dim: int, kind: str = "concat") -> ctypes.CDLL:
 
 
 def _build(cc: str, flags: list[str], source: Path, path: Path) -> None:
-    """Compile into a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=path.parent)
-    os.close(handle)
+    """Compile into a temporary file beside ``path``, then rename it into place (with the
+    permissions the umask gives). :class:`KernelUnavailableError` if the compiler fails (its
+    first line complete, the compiler's messages below) or the cache folder cannot be
+    written."""
     try:
-        done = subprocess.run(
-            [cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise KernelUnavailableError(
-                f"building the score kernel with {cc} failed (exit {done.returncode}):\n"
-                f"{done.stderr.strip()}\nSet fused_scores = false to train on the PyTorch path."
+        with atomic_path(path) as tmp:
+            done = subprocess.run(
+                [cc, *flags, str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            if done.returncode != 0:
+                raise KernelUnavailableError(
+                    f"building the fused_scores kernel {source.name} with {cc} failed (exit "
+                    f"{done.returncode}): install a working C compiler (or name one in $CC), or "
+                    "set fused_scores = false (the PyTorch path: same model, ~2x slower training)"
+                    f"\n{done.stderr.strip()}".rstrip()
+                )
+    except OSError as err:
+        raise _unwritable_cache(path.parent, err) from None
+
+
+def _unwritable_cache(folder: Path, err: OSError) -> KernelUnavailableError:
+    """The error for a cache ``folder`` that cannot be created or written (``err``)."""
+    return KernelUnavailableError(
+        f"the kernel cache folder {folder} cannot be written ({err.strerror}): set "
+        "BAMF_KERNEL_CACHE to a writable folder, or set fused_scores = false"
+    )
 
 
 def _declare(lib: ctypes.CDLL) -> None:

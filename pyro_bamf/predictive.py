@@ -29,6 +29,7 @@ from .model import BAMF
 
 INTERVAL = 0.9
 SITES = ("user_scores", "item_scores", "user_weights", "item_weights", "_RETURN")
+MAX_KEPT_DRAWS = 2**26  # floats kept per site by attention_samples and logit_samples (256 MB)
 
 
 @torch.no_grad()
@@ -126,7 +127,9 @@ def attention_samples(
     num_samples: int = 1000,
 ) -> AttentionSamples:
     """Draw the attention weights of ``user`` (and, with a target ``item``, the item-side
-    weights and the logit) ``num_samples`` times."""
+    weights and the logit) ``num_samples`` times; at most :data:`MAX_KEPT_DRAWS` floats kept
+    per site (``num_samples`` times the history length)."""
+    _check_kept(num_samples, int(history_lengths[user]), "history items", "num_samples (--samples)")
     target = 0 if item is None else item
     batch = Batch.build(np.array([user]), np.array([[target]]), history_items, history_lengths)
     if item is None:
@@ -158,8 +161,10 @@ def logit_samples(
     num_samples: int = 200,
     max_elements: int = 2**22,
 ) -> np.ndarray:
-    """Draws of ``x(user, i)`` for every candidate in ``items (C,)``: ``float32 (N, C)``."""
+    """Draws of ``x(user, i)`` for every candidate in ``items (C,)``: ``float32 (N, C)``, at
+    most :data:`MAX_KEPT_DRAWS` floats."""
     items = np.asarray(items, dtype=np.int64)
+    _check_kept(num_samples, items.size, "candidates")
     device = next(model.parameters()).device
     out = np.empty((num_samples, items.size), dtype=np.float32)
     for batch, rows in candidate_batches(
@@ -170,6 +175,21 @@ def logit_samples(
         valid = rows >= 0
         out[:, rows[valid]] = logits[:, valid]
     return out
+
+
+def _check_kept(num_samples: int, width: int, what: str, name: str = "num_samples") -> None:
+    """``ValueError`` unless ``1 <= num_samples`` and ``num_samples * max(width, 1)``, the
+    floats kept per site for ``width`` ``what``, is at most :data:`MAX_KEPT_DRAWS`; ``name``
+    is how the message calls ``num_samples``."""
+    if num_samples < 1:
+        raise ValueError(f"{name} must be >= 1, got {num_samples}")
+    largest = MAX_KEPT_DRAWS // max(width, 1)
+    if num_samples > largest:
+        raise ValueError(
+            f"{name} = {num_samples} draws over {width} {what} would keep "
+            f"{num_samples * max(width, 1)} floats per site, over the limit MAX_KEPT_DRAWS = "
+            f"{MAX_KEPT_DRAWS}: use {name} <= {largest}"
+        )
 
 
 def topk_probability(logits: np.ndarray, k: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_bamf import kernels
+from pyro_bamf import atomic, kernels
 from pyro_bamf.attention import ScoreNetwork
 
 K = 8
@@ -181,20 +181,85 @@ def test_missing_compiler_names_the_fix(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_compilers_are_named_before_training(monkeypatch):
+def test_missing_compilers_are_named_before_training(monkeypatch, tmp_path):
     import torch._inductor.config as inductor_config
 
     from pyro_bamf.config import BAMFConfig
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-cxx-bamf"))
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_libraries", {})
     cpu = torch.device("cpu")
-    kernels.check_build_tools(BAMFConfig(compile_eval=False), cpu)  # C compiler found
+    kernels.check_build_tools(BAMFConfig(compile_eval=False, embedding_dim=K), cpu)  # C found
     with pytest.raises(kernels.KernelUnavailableError, match="compile_eval = false"):
-        kernels.check_build_tools(BAMFConfig(compile_eval=True), cpu)
+        kernels.check_build_tools(BAMFConfig(compile_eval=True, embedding_dim=K), cpu)
+    monkeypatch.setattr(kernels, "_libraries", {})  # not built in this process yet
     monkeypatch.setenv("CC", "no-such-compiler-bamf")
     with pytest.raises(kernels.KernelUnavailableError, match="fused_scores = false"):
         kernels.check_build_tools(BAMFConfig(compile_eval=False), cpu)
     kernels.check_build_tools(BAMFConfig(compile_eval=True), torch.device("cuda"))  # CPU only
+
+
+def test_check_build_tools_loads_every_library_the_config_trains_with(monkeypatch, tmp_path):
+    from pyro_bamf.config import BAMFConfig
+
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_libraries", {})
+    cpu = torch.device("cpu")
+    kernels.check_build_tools(BAMFConfig(fused_scores=False, compile_eval=False), cpu)
+    assert kernels._libraries == {} and list(tmp_path.iterdir()) == []
+    prod = BAMFConfig(score_fn="prod", embedding_dim=K, compile_eval=False)
+    kernels.check_build_tools(prod, cpu)
+    assert set(kernels._libraries) == {("prod", K), ("concat", K)}  # scores and row gather
+    assert len(list(tmp_path.glob("*.so"))) == 2
+
+
+def test_failing_compiler_is_named_on_the_first_line_before_training(monkeypatch, tmp_path):
+    from pyro_bamf.config import BAMFConfig
+
+    script = tmp_path / "broken-cc"
+    script.write_text("#!/bin/sh\necho 'cc1: internal compiler error: bamf' >&2\nexit 3\n")
+    script.chmod(0o755)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(cache))
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setattr(kernels, "_libraries", {})
+    config = BAMFConfig(embedding_dim=K, compile_eval=False)
+    with pytest.raises(kernels.KernelUnavailableError) as info:
+        kernels.check_build_tools(config, torch.device("cpu"))
+    first, *rest = str(info.value).splitlines()
+    assert f"with {script} failed (exit 3)" in first and "set fused_scores = false" in first
+    assert rest == ["cc1: internal compiler error: bamf"]
+    assert list(cache.iterdir()) == []
+    kernels.check_build_tools(config, torch.device("cuda"))  # no kernel off the CPU
+
+
+def test_unusable_kernel_cache_is_named_with_the_way_on(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_libraries", {})
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(taken))
+    remedy = "set BAMF_KERNEL_CACHE to a writable folder, or set fused_scores = false"
+    with pytest.raises(kernels.KernelUnavailableError) as info:
+        kernels.library(K)
+    assert str(info.value) == (
+        f"the kernel cache folder {taken} cannot be written (File exists): {remedy}"
+    )
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(cache))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    for module, name in ((atomic, "_new_file_beside"), (atomic.os, "replace")):
+        with monkeypatch.context() as patch:  # a read-only folder (root may write to any)
+            patch.setattr(module, name, refuse)
+            with pytest.raises(kernels.KernelUnavailableError) as info:
+                kernels.library(K)
+        assert str(info.value) == (
+            f"the kernel cache folder {cache} cannot be written (Permission denied): {remedy}"
+        )
+        assert list(cache.iterdir()) == []
 
 
 def test_failed_compilation_of_the_evaluation_scores_names_compile_eval(monkeypatch):
