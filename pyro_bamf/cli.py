@@ -16,7 +16,7 @@ from .training import TrainingCollapsed
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    print(fetch_movielens(args.data_dir))
+    print(fetch_movielens(args.data_dir, replace_invalid=args.replace_invalid))
     return 0
 
 
@@ -27,10 +27,10 @@ def _data_describe(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.config or args.set or args.out or args.distributed:
+        if args.config or args.set or args.out or args.distributed or args.overwrite:
             raise ConfigError(
-                "--resume continues a run with its own config: drop --config/--set/--out "
-                "(and --distributed: distributed runs cannot be resumed)"
+                "--resume continues a run with its own config: drop --config/--set/--out/"
+                "--overwrite (and --distributed: distributed runs cannot be resumed)"
             )
         metrics = train_run(BAMFConfig(), args.resume, not args.no_progress, resume=True)
     else:
@@ -39,7 +39,11 @@ def _train(args: argparse.Namespace) -> int:
         config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
         config = config.replace(**parse_overrides(args.set))
         metrics = train_run(
-            config, args.out, progress=not args.no_progress, distributed=args.distributed
+            config,
+            args.out,
+            progress=not args.no_progress,
+            distributed=args.distributed,
+            overwrite=args.overwrite,
         )
         if not metrics:  # a rank other than 0 of a distributed run
             return 0
@@ -96,6 +100,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from . import views
     from .calibration import calibration_metrics, reliability_bins
 
+    if args.bins < 1:
+        raise ValueError(f"--bins must be >= 1 (the number of reliability bins), got {args.bins}")
     if args.plot:
         views.check_figure_path(args.plot)
     rec = load_run(args.run)
@@ -120,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--data-dir", help="cache folder (default: $BAMF_DATA_DIR or ~/.cache/pyro-bamf)"
     )
+    fetch.add_argument(
+        "--replace-invalid",
+        action="store_true",
+        help="replace an invalid cached zip by a verified download (the old file is renamed "
+        "to ml-latest-small.zip.invalid, never deleted)",
+    )
     fetch.set_defaults(func=_data_fetch)
     describe = data_commands.add_parser("describe", help="print data statistics as JSON")
     describe.add_argument(
@@ -132,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--out", help="run directory to write")
     train.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (its files only)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument(
         "--distributed", action="store_true",

@@ -43,6 +43,58 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low <= value <= high``, with ``<`` at an
+    open end. The bounds are where the arithmetic stays finite and the sizes fit in memory,
+    not only the values that make sense."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    why: str = ""
+
+    def check(self, key: str, value: float, low_name: str = "") -> None:
+        """Raise :class:`ConfigError` naming ``key``, the range and ``value`` if outside."""
+        above_low = value > self.low if self.open_low else value >= self.low
+        below_high = value < self.high if self.open_high else value <= self.high
+        if above_low and below_high:
+            return
+        low = low_name or _number(self.low)
+        high = _number(self.high)
+        interval = f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+        why = f" ({self.why})" if self.why else ""
+        raise ConfigError(f"{key} must be in {interval}{why}, got {value!r}")
+
+
+EPOCHS = 100_000
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1, why="the range numpy's and Pyro's seeds take"),
+    "max_history": Range(1, 100_000),
+    "train_negatives": Range(0, 1_000, why="0: 4 pointwise, 1 pairwise"),
+    "eval_negatives": Range(1, 100_000),
+    "embedding_dim": Range(2, 4096, why="LayerNorm of one feature is constant; 4096 fills memory"),
+    "dropout": Range(0.0, 1.0, open_high=True),
+    "tau": Range(1.0, 10.0, why="a sharpening factor; s^tau must stay finite"),
+    "beta": Range(0.0, 1.0, open_low=True, why="a smoothing factor"),
+    "guide_sigma": Range(1e-6, 10.0, why="a log-scale spread"),
+    "guide_shape": Range(1.0, 100.0, why="a Weibull shape; below 1 the draws overflow"),
+    "prior_sigma": Range(1e-3, 10.0, why="a log-scale spread"),
+    "prior_shape": Range(0.1, 100.0, why="a gamma or Weibull shape"),
+    "prior_log_mean": Range(-10.0, 10.0, why="the log of the prior's mean score"),
+    "kl_anneal_epochs": Range(0, EPOCHS, why="0: no annealing"),
+    "lr": Range(0.0, 0.01, open_low=True, why="Adam's step; larger ones overflow exp(psi)"),
+    "weight_decay": Range(0.0, 100.0),
+    "batch_size": Range(2, 65_536, why="at least one group of a positive and its negatives"),
+    "bucket_pool": Range(0, 10_000),
+    "max_epochs": Range(1, EPOCHS),
+    "patience": Range(1, EPOCHS),
+    "min_delta": Range(0.0, 1.0, why="a change of NDCG@10"),
+    "warmup_epochs": Range(0, EPOCHS),
+}
+
+
+@dataclass(frozen=True)
 class BAMFConfig:
     """Every setting of a BAMF run. ``--set key=value`` and TOML files use these names.
 
@@ -104,31 +156,14 @@ class BAMFConfig:
         for key, options in CHOICES.items():
             if getattr(self, key) not in options:
                 raise ConfigError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
-        checks = [
-            ("embedding_dim", self.embedding_dim >= 1, ">= 1"),
-            ("max_history", self.max_history >= 1, ">= 1"),
-            ("bucket_pool", self.bucket_pool >= 0, ">= 0"),
-            ("tau", self.tau >= 1.0, ">= 1 (a sharpening factor)"),
-            ("beta", 0.0 < self.beta <= 1.0, "in (0, 1] (a smoothing factor)"),
-            ("guide_sigma", self.guide_sigma > 0, "> 0"),
-            ("prior_sigma", self.prior_sigma > 0, "> 0"),
-            ("guide_shape", self.guide_shape > 0, "> 0"),
-            ("prior_shape", self.prior_shape > 0, "> 0"),
-            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= self.group_size, f">= {self.group_size}"),
-            ("max_epochs", self.max_epochs >= 1, ">= 1"),
-            ("patience", self.patience >= 1, ">= 1"),
-            ("min_delta", self.min_delta >= 0, ">= 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
-            ("kl_anneal_epochs", self.kl_anneal_epochs >= 0, ">= 0 (0: no annealing)"),
-            ("train_negatives", self.train_negatives >= 0, ">= 0 (0: 4 pointwise, 1 pairwise)"),
-            ("eval_negatives", self.eval_negatives >= 1, ">= 1"),
-        ]
-        for key, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
+        if not self.data.strip():
+            raise ConfigError("data is empty: name a path, movielens, auto or synthetic[:k=v,...]")
+        for key, bounds in RANGES.items():
+            bounds.check(key, getattr(self, key))
+        group = Range(self.group_size, RANGES["batch_size"].high)
+        group.check(
+            "batch_size", self.batch_size, f"{self.group_size} (one positive and its negatives)"
+        )
         if self.guide_spread == "learned" and self.guide_family != "lognormal":
             raise ConfigError("guide_spread = 'learned' needs guide_family = 'lognormal'")
         if self.guide_spread == "learned" and self.guide_sigma <= 1e-3:
@@ -219,6 +254,11 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
     return value
+
+
+def _number(value: float) -> str:
+    """``4294967295`` for whole numbers, ``0.001`` otherwise."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _toml_string(value: str) -> str:

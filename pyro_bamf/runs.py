@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import warnings
 from dataclasses import fields
@@ -20,13 +21,14 @@ import torch
 
 from .atomic import atomic_path
 from .config import BAMFConfig
-from .data import Candidates, ImplicitSplit, load_data, movie_titles
+from .data import Candidates, ImplicitSplit, load_data, movie_titles, resolve_spec
 from .distributed import finish_distributed, init_distributed
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("config.toml", "history.csv", "model.pt", "metrics.json", CHECKPOINT, INCOMPLETE)
 
 
 def build_split(config: BAMFConfig) -> ImplicitSplit:
@@ -71,8 +73,14 @@ def train_run(
     log_epochs: bool = True,
     resume: bool = False,
     distributed: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` and write the run directory ``out``; returns the metrics record.
+
+    ``out`` must be new or empty: a run already there is refused (``resume`` continues an
+    interrupted one; ``overwrite=True`` replaces a run's files, and only those). Everything
+    is checked (configuration, data, pools, device, compilers) before the first file is
+    written, and data paths are recorded absolute so the run can be evaluated from anywhere.
 
     After every epoch ``checkpoint.pt`` (model, optimiser, RNG and early-stopping state) is
     replaced atomically; ``resume=True`` continues an interrupted run from it, with the run's
@@ -82,11 +90,15 @@ def train_run(
     test pool, the other ranks return ``{}``.
     """
     out = Path(out)
-    state, fingerprint = None, None
+    state, fingerprint, stale = None, None, []
     if resume:
         config, state, fingerprint = _load_checkpoint(out)
-    elif out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a run directory")
+    else:
+        stale = run_files_to_replace(out, overwrite)
+        config = config.replace(
+            data=resolve_spec(config.data),
+            test_candidates=config.test_candidates and str(Path(config.test_candidates).resolve()),
+        )
     split = build_split(config)
     recommender = BAMFRecommender(config)
     context = None
@@ -94,15 +106,50 @@ def train_run(
         if resume:
             raise ValueError("resuming a distributed run is not supported: start it again")
         context = init_distributed(recommender.check_device())
+    args = (config, out, split, recommender, progress, log_epochs, state, fingerprint, stale)
     if context is None:
-        return _train(config, out, split, recommender, progress, log_epochs, state, fingerprint)
+        return _train(*args)
     try:
-        return _train(config, out, split, recommender, progress, log_epochs, None, None, context)
+        return _train(*args, context)
     finally:
         finish_distributed()
 
 
-def _train(config, out, split, recommender, progress, log_epochs, state, fingerprint, context=None):
+def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
+    """The files of a run already at ``out`` that ``overwrite`` replaces (``[]`` if none).
+
+    Raises ``ValueError`` naming what is there and the way on when ``out`` is a file, a
+    folder holding other files, or a run and ``overwrite`` is false.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    names = sorted(os.listdir(out))
+    ours = [name for name in names if name in RUN_FILES]
+    if not ours:
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ValueError(
+                f"--out {out} is a folder of other files ({shown}), not a run: choose a new "
+                "or empty folder"
+            )
+        return []
+    if overwrite:
+        return [out / name for name in ours]
+    if INCOMPLETE in ours:
+        raise ValueError(
+            f"--out {out} holds an interrupted run: continue it with "
+            f"`pyro-bamf train --resume {out}`, or pass --overwrite to start it again"
+        )
+    raise ValueError(
+        f"--out {out} holds a finished run: pass --overwrite to replace it, or choose another --out"
+    )
+
+
+def _train(
+    config, out, split, recommender, progress, log_epochs, state, fingerprint, stale, context=None
+):
     main = context is None or context.is_main
     recommender.check_device()
     if state is not None and fingerprint != split.fingerprint:
@@ -111,8 +158,9 @@ def _train(config, out, split, recommender, progress, log_epochs, state, fingerp
         )
     candidates = evaluation_pool(config, split)
     if state is None and main:
+        for path in stale:
+            path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        (out / CHECKPOINT).unlink(missing_ok=True)
         write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
         write_text(out / "config.toml", config.to_toml())
 
@@ -122,6 +170,7 @@ def _train(config, out, split, recommender, progress, log_epochs, state, fingerp
         write_history(out / "history.csv", train_state.history)
         payload = {
             **train_state.to_dict(),
+            "config": config.to_dict(),
             "data_fingerprint": split.fingerprint,
             "world_size": 1 if context is None else context.world_size,
         }
@@ -168,6 +217,7 @@ def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
         payload = load_checked(out / CHECKPOINT)
         fingerprint = payload.pop("data_fingerprint")
         world_size = payload.pop("world_size", 1)
+        trained_with = payload.pop("config", None)
         state = TrainState.from_dict(payload)
     except Exception as err:  # truncated or foreign files raise many types
         raise ValueError(f"cannot resume {out}: {CHECKPOINT} is unreadable: {err}") from None
@@ -176,17 +226,38 @@ def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
             f"cannot resume {out}: it was trained by {world_size} distributed ranks, and "
             "distributed runs cannot be resumed; start it again"
         )
-    return BAMFConfig.from_toml(out / "config.toml"), state, fingerprint
+    config = BAMFConfig.from_toml(out / "config.toml")
+    if trained_with is None:
+        warnings.warn(
+            f"{out / CHECKPOINT} predates recorded configurations: config.toml cannot be "
+            "checked against it",
+            stacklevel=3,
+        )
+    else:
+        check_same_config(out, config, trained_with)
+    return config, state, fingerprint
+
+
+def check_same_config(out: Path, config: BAMFConfig, trained_with: dict[str, Any]) -> None:
+    """Refuse to resume when ``config.toml`` differs from the checkpoint's configuration,
+    naming every key that differs and both values."""
+    current = config.to_dict()
+    changed = [key for key in current if current[key] != trained_with.get(key)]
+    if changed:
+        diffs = "; ".join(
+            f"{key} = {current[key]!r} (the checkpoint's: {trained_with.get(key)!r})"
+            for key in changed
+        )
+        raise ValueError(
+            f"cannot resume {out}: config.toml was edited after training started: {diffs}; "
+            "restore it, or start a new run with --out"
+        )
 
 
 def load_run(run: str | Path) -> BAMFRecommender:
     """The trained recommender of a finished run directory, on its own data and split."""
     run = Path(run)
-    if (run / INCOMPLETE).exists():
-        raise ValueError(f"run {run} is incomplete (training did not finish)")
-    for name in ("config.toml", "model.pt", "metrics.json"):
-        if not (run / name).is_file():
-            raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
+    check_finished(run)
     config = BAMFConfig.from_toml(run / "config.toml")
     if config.device == "cuda" and not torch.cuda.is_available():
         warnings.warn(f"run {run} was trained on CUDA; no GPU here, loading it on the CPU",
@@ -195,12 +266,40 @@ def load_run(run: str | Path) -> BAMFRecommender:
     return BAMFRecommender.load(run / "model.pt", build_split(config), config)
 
 
+def check_finished(run: Path) -> None:
+    """``ValueError`` unless ``run`` is a finished run directory."""
+    if (run / INCOMPLETE).exists():
+        raise ValueError(f"run {run} is incomplete (training did not finish)")
+    for name in ("config.toml", "model.pt", "metrics.json"):
+        if not (run / name).is_file():
+            raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
+
+
 def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
     """Re-score a finished run: ``(fresh test metrics, metrics.json as saved)``."""
+    check_finished(Path(run))
+    saved = read_metrics(Path(run) / "metrics.json")
     recommender = load_run(run)
-    saved = json.loads((Path(run) / "metrics.json").read_text())
     candidates = evaluation_pool(recommender.config, recommender.split)
     return recommender.evaluate(candidates), saved
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics.json`` of a run; ``ValueError`` unless it is a JSON object whose ``"test"``
+    maps metric names to numbers."""
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the run's record is damaged") from None
+    test = saved.get("test") if isinstance(saved, dict) else None
+    numbers = isinstance(test, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in test.values()
+    )
+    if not test or not numbers:
+        raise ValueError(
+            f'{path} has no "test" table of metric values: the run\'s record is damaged'
+        )
+    return saved
 
 
 def item_labels(recommender: BAMFRecommender) -> dict[int, str]:
@@ -247,10 +346,11 @@ def original_index(recommender: BAMFRecommender, kind: str, original_id: str) ->
     data = recommender.split.data
     ids = data.user_ids if kind == "user" else data.item_ids
     value: Any = original_id
-    if np.issubdtype(ids.dtype, np.integer):
-        try:
-            value = int(original_id)
-        except ValueError:
-            raise ValueError(f"{kind} id {original_id!r} is not an integer") from None
+    for dtype, parse, noun in ((np.integer, int, "an integer"), (np.floating, float, "a number")):
+        if np.issubdtype(ids.dtype, dtype):
+            try:
+                value = parse(original_id)
+            except ValueError:
+                raise ValueError(f"{kind} id {original_id!r} is not {noun}") from None
     lookup = data.user_index if kind == "user" else data.item_index
     return int(lookup([value])[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_bamf.config import CHOICES, BAMFConfig, ConfigError, parse_overrides
+from pyro_bamf.config import CHOICES, RANGES, BAMFConfig, ConfigError, parse_overrides
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 
@@ -90,6 +90,46 @@ def test_out_of_range_values_raise_config_error_naming_the_key(key, value):
 @pytest.mark.parametrize(("key", "value"), [("tau", 1.0), ("beta", 1.0), ("beta", 1e-6)])
 def test_boundary_values_are_accepted(key, value):
     assert getattr(BAMFConfig(**{key: value}), key) == value
+
+
+def _typed(key: str, value: float):
+    return int(value) if isinstance(getattr(BAMFConfig, key), int) else float(value)
+
+
+# Settings a bound needs of another key: one group (positive + negatives) must fit a batch.
+BESIDE = {"batch_size": {"train_negatives": 1}, "train_negatives": {"batch_size": 65_536}}
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_every_range_accepts_its_closed_ends_and_refuses_just_beyond(key):
+    bounds, beside = RANGES[key], BESIDE.get(key, {})
+    step = 1 if isinstance(getattr(BAMFConfig, key), int) else 1e-9
+    inside = (bounds.low + step * bounds.open_low, bounds.high - step * bounds.open_high)
+    outside = (
+        bounds.low - step * (not bounds.open_low),
+        bounds.high + step * (not bounds.open_high),
+    )
+    for value in inside:
+        assert getattr(BAMFConfig(**{key: _typed(key, value)}, **beside), key) == _typed(key, value)
+    for value in outside:
+        with pytest.raises(ConfigError, match=rf"^{key} must be in [\[(]"):
+            BAMFConfig(**{key: _typed(key, value)}, **beside)
+
+
+def test_range_message_names_the_interval_the_reason_and_the_value():
+    with pytest.raises(ConfigError) as info:
+        BAMFConfig(seed=2**32)
+    assert str(info.value) == (
+        "seed must be in [0, 4294967295] (the range numpy's and Pyro's seeds take), got 4294967296"
+    )
+    with pytest.raises(ConfigError, match=r"^dropout must be in \[0, 1\), got 1\.0$"):
+        BAMFConfig(dropout=1.0)
+
+
+@pytest.mark.parametrize("data", ["", "   "])
+def test_empty_data_spec_is_refused(data):
+    with pytest.raises(ConfigError, match="^data is empty"):
+        BAMFConfig(data=data)
 
 
 @pytest.mark.parametrize("key", sorted(CHOICES))

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -24,12 +25,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_bamf import training
+from pyro_bamf import atomic, training
+from pyro_bamf.atomic import atomic_path
 from pyro_bamf.cli import main
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import DataError
 from pyro_bamf.recommender import BAMFRecommender, CheckpointError
-from pyro_bamf.runs import CHECKPOINT, INCOMPLETE, build_split, train_run
+from pyro_bamf.runs import CHECKPOINT, INCOMPLETE, build_split, evaluate_run, train_run
 from pyro_bamf.training import TrainState
 
 SETS = [
@@ -88,6 +90,7 @@ def load_train_state(run: Path) -> TrainState:
     payload = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
     payload.pop("data_fingerprint")
     assert payload.pop("world_size") == 1
+    payload.pop("config")
     return TrainState.from_dict(payload)
 
 
@@ -240,8 +243,10 @@ def test_resume_refuses_a_checkpoint_with_corrupted_bytes(
 
 def test_resume_refuses_a_checkpoint_of_other_data(killed_and_resumed, tmp_path, capsys):
     run = shutil.copytree(killed_and_resumed["snapshot"], tmp_path / "run")
-    config = BAMFConfig.from_toml(run / "config.toml")
-    (run / "config.toml").write_text(config.replace(max_history=39).to_toml())
+    config = BAMFConfig.from_toml(run / "config.toml").replace(max_history=39)
+    (run / "config.toml").write_text(config.to_toml())
+    payload = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    torch.save({**payload, "config": config.to_dict()}, run / CHECKPOINT)  # edited alike
     assert main(["train", "--resume", str(run)]) == 2
     assert "trained on other data or another split" in capsys.readouterr().err
 
@@ -363,6 +368,65 @@ def test_missing_test_candidates_file_is_refused_before_training(tmp_path):
     assert not (out / "history.csv").exists(), "an epoch was trained before the check"
 
 
+def test_a_checkpoint_without_a_recorded_config_resumes_with_a_warning(
+    killed_and_resumed, tmp_path
+):
+    run = shutil.copytree(killed_and_resumed["snapshot"], tmp_path / "run")
+    payload = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert BAMFConfig.from_dict(payload.pop("config")) == BAMFConfig.from_toml(run / "config.toml")
+    torch.save(payload, run / CHECKPOINT)
+    with pytest.warns(UserWarning, match="predates recorded configurations"):
+        resumed = train_run(BAMFConfig(), run, progress=False, log_epochs=False, resume=True)
+    assert without_timing(resumed) == without_timing(metrics(killed_and_resumed["full"]))
+
+
+# --------------------------------------------------------------------------- existing runs
+
+
+def test_overwrite_replaces_only_the_runs_own_files(tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    (out / "notes.txt").write_text("mine")
+    (out / "metrics.json").write_text("{}")  # what the new run must replace
+    with pytest.raises(ValueError, match="holds a finished run: pass --overwrite"):
+        train_run(TINY, out, progress=False, log_epochs=False)
+    assert (out / "metrics.json").read_text() == "{}"
+    train_run(TINY, out, progress=False, log_epochs=False, overwrite=True)
+    assert without_timing(metrics(out)) == without_timing(metrics(tiny_run))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(out)) == sorted(os.listdir(tiny_run) + ["notes.txt"])
+
+
+def test_overwrite_of_a_run_refused_later_keeps_the_run(tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(DataError, match="no such candidates file"):
+        train_run(
+            TINY.replace(test_candidates=str(tmp_path / "missing.npz")),
+            out,
+            progress=False,
+            log_epochs=False,
+            overwrite=True,
+        )
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_a_relative_data_path_is_recorded_absolute_and_evaluates_anywhere(tmp_path, monkeypatch):
+    table = build_split(TINY).data
+    frame = "userId,movieId\n" + "".join(
+        f"{u},{i}\n" for u, i in zip(table.users.tolist(), table.items.tolist(), strict=True)
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "table.csv").write_text(frame)
+    monkeypatch.chdir(tmp_path / "data")
+    config = TINY.replace(data="table.csv", max_epochs=1)
+    train_run(config, tmp_path / "run", progress=False, log_epochs=False)
+    recorded = BAMFConfig.from_toml(tmp_path / "run" / "config.toml").data
+    assert recorded == str(tmp_path / "data" / "table.csv")
+    monkeypatch.chdir(tmp_path)
+    fresh, saved = evaluate_run("run")
+    assert fresh == saved["test"]
+
+
 def test_a_distributed_checkpoint_is_not_resumed(killed_and_resumed, tmp_path, capsys):
     run = tmp_path / "ddp"
     shutil.copytree(killed_and_resumed["snapshot"], run)
@@ -370,3 +434,34 @@ def test_a_distributed_checkpoint_is_not_resumed(killed_and_resumed, tmp_path, c
     torch.save({**payload, "world_size": 2}, run / CHECKPOINT)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     assert "distributed runs cannot be resumed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- file modes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "new" / "notes.txt") as tmp:
+            tmp.write_text("x")
+        split = build_split(TINY)
+        split.candidates("test", 3).save(tmp_path / "pool.npz", split.fingerprint)
+    finally:
+        unchanged = os.umask(previous) == umask
+    assert unchanged, "atomic_path changed the process umask"
+    for written in (tmp_path / "new" / "notes.txt", tmp_path / "pool.npz"):
+        assert stat.S_IMODE(written.stat().st_mode) == mode, written
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["new", "notes.txt", "pool.npz"]
+
+
+def test_atomic_path_takes_another_temporary_name_when_one_is_taken(tmp_path, monkeypatch):
+    names = iter(["taken", "free"])
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda nbytes: next(names))
+    taken = tmp_path / ".notes.txt.taken.part"
+    taken.write_text("another writer's file")
+    with atomic_path(tmp_path / "notes.txt") as tmp:
+        assert tmp == tmp_path / ".notes.txt.free.part"
+        tmp.write_text("mine")
+    assert taken.read_text() == "another writer's file"
+    assert (tmp_path / "notes.txt").read_text() == "mine"

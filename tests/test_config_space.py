@@ -1,0 +1,101 @@
+"""Property over the configuration space: a configuration either trains or is refused cleanly.
+
+Every generated configuration must either train one tiny epoch on synthetic data (and write a
+complete run directory: no ``INCOMPLETE``, a ``metrics.json`` of finite numbers) or be refused
+with a :class:`~pyro_bamf.config.ConfigError` that leaves no file behind. Values are drawn
+inside each key's range (:data:`~pyro_bamf.config.RANGES`), at its bounds, and far outside it
+(huge, tiny, negative, beyond int64 or float32).
+
+Sizes whose upper bound is a memory limit (``embedding_dim``, ``eval_negatives``,
+``train_negatives``) are drawn from the small end of their range and at the bound itself
+where one epoch stays short; ``compile_eval`` (minutes of compilation) and
+``retain_freed_memory`` (process-wide allocator state) keep their defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from pyro_bamf.config import CHOICES, RANGES, BAMFConfig, ConfigError
+from pyro_bamf.runs import train_run
+
+DATA = "synthetic:n_users=12,n_items=40,mean_interactions=8,seed=1"
+FIXED = dict(data=DATA, max_epochs=1, device="cpu", compile_eval=False, retain_freed_memory=False)
+SMALL = {"embedding_dim": (2, 12), "eval_negatives": (1, 20), "train_negatives": (0, 6)}
+AT_BOUND = {"embedding_dim": [4096], "eval_negatives": [], "train_negatives": []}
+OUTSIDE = [-(2**70), -(2**63), -1, 0, 2**32, 2**63 - 1, 2**70]
+OUTSIDE_FLOAT = [-1e300, -1.0, 0.0, 1e-300, 1e-45, 3.5e38, 1e300, math.inf, math.nan]
+EXAMPLES = int(os.environ.get("BAMF_CONFIG_EXAMPLES", 400))
+
+
+def numeric(key: str) -> st.SearchStrategy:
+    """Values of ``key`` inside its range, at its bounds, and outside it."""
+    bounds = RANGES[key]
+    is_int = isinstance(getattr(BAMFConfig, key), int)
+    low, high = SMALL.get(key, (bounds.low, bounds.high))
+    edges = AT_BOUND.get(key, [bounds.low, bounds.high])
+    if is_int:
+        inside = st.integers(int(low), int(high))
+        extreme = st.sampled_from(OUTSIDE)
+        edge = st.sampled_from([int(v) for v in edges] or [int(low)])
+    else:
+        inside = st.floats(low, high, exclude_min=bounds.open_low, exclude_max=bounds.open_high)
+        extreme = st.sampled_from(OUTSIDE_FLOAT)
+        edge = st.sampled_from([float(v) for v in edges])
+    return st.one_of(edge, inside, extreme)
+
+
+@st.composite
+def configurations(draw) -> dict:
+    """Up to ten keys changed from the defaults (corners of several ranges at once): numbers
+    from :func:`numeric`, choices from :data:`CHOICES` (``device`` stays on the CPU)."""
+    keys = [*RANGES, *(k for k in CHOICES if k != "device"), "fused_scores", "pyro_validation"]
+    chosen = draw(st.permutations(keys))[: draw(st.integers(1, 10))]
+    values = {}
+    for key in chosen:
+        if key in RANGES:
+            values[key] = draw(numeric(key))
+        elif key in CHOICES:
+            values[key] = draw(st.sampled_from(CHOICES[key]))
+        else:
+            values[key] = draw(st.booleans())
+    return values
+
+
+def finite_numbers(record) -> bool:
+    if isinstance(record, dict):
+        return all(finite_numbers(v) for v in record.values())
+    return not isinstance(record, float) or math.isfinite(record)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(values=configurations())
+def test_a_configuration_trains_one_epoch_or_is_refused_leaving_nothing(values):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        try:
+            config = BAMFConfig(**{**values, **FIXED})
+        except ConfigError as err:
+            event(f"refused: {str(err).split()[0]}")
+            assert os.listdir(tmp) == []
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tiny pools repeat negatives, and say so
+            try:
+                train_run(config, out, progress=False, log_epochs=False)
+            except ConfigError as err:
+                event(f"refused by train_run: {str(err).split()[0]}")
+                assert os.listdir(tmp) == [], "a refused configuration left files behind"
+                return
+        event("trained one epoch")
+        assert sorted(os.listdir(out)) == ["config.toml", "history.csv", "metrics.json", "model.pt"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert finite_numbers(metrics), metrics
