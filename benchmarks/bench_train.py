@@ -105,7 +105,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    config = BAMFConfig(data=args.data, score_fn=args.score_fn, compile_eval=True)
+    config = BAMFConfig(  # the paper configs' settings (examples/configs)
+        data=args.data, score_fn=args.score_fn, compile_eval=True, retain_freed_memory=True
+    )
     retained = config.retain_freed_memory and retain_freed_memory()  # as fit() does
     pyro.set_rng_seed(0)
     pyro.enable_validation(False)
@@ -124,7 +126,7 @@ def main() -> None:
 
     objective = NegativeELBO(model, elbo)
 
-    def svi(batch):  # as fit() steps: inside the blocks below, one NegativeELBO
+    def svi(batch):  # as fit() steps: one NegativeELBO
         svi_step(model, elbo, optimizer, batch, *loss_scales(config, batch, weight), objective)
 
     def pyro_only(batch):  # Pyro's part of it: loss, backward, Adam; no checks, no logged terms
@@ -141,32 +143,31 @@ def main() -> None:
     n_steps = 40 if args.quick else None
     n_batches = -(-len(split.train) // groups_per_batch(config))
     epoch_s, rate, ratios, pyro_ratios = [], [], [], []
-    with model.registered_once(), model.without_weight_sites():  # as in fit()
-        for repeat in range(args.repeats):
-            rng = np.random.default_rng([repeat, 1])
-            start = time.perf_counter()
-            times, examples = time_steps(config, split, svi, n_steps, rng)
-            wall = time.perf_counter() - start
-            epoch_s.append(wall * (n_batches / len(times)))
-            rate.append(examples / wall)
-            chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
-            batches = training_batches(split, config, np.random.default_rng(repeat))
-            sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
-            steps = (svi, pyro_only, plain)
-            for step in steps:  # warm-up, untimed
-                step(sample[0])
-            rounds = {step: [] for step in steps}
-            order_rng = random.Random(repeat)
-            for _ in range(ROUNDS):
-                order = list(steps)
-                order_rng.shuffle(order)
-                for step in order:
-                    start = time.perf_counter()
-                    for batch in sample:
-                        step(batch)
-                    rounds[step].append(time.perf_counter() - start)
-            ratios.append(paired_ratio(rounds[svi], rounds[plain]))
-            pyro_ratios.append(paired_ratio(rounds[pyro_only], rounds[plain]))
+    for repeat in range(args.repeats):
+        rng = np.random.default_rng([repeat, 1])
+        start = time.perf_counter()
+        times, examples = time_steps(config, split, svi, n_steps, rng)
+        wall = time.perf_counter() - start
+        epoch_s.append(wall * (n_batches / len(times)))
+        rate.append(examples / wall)
+        chosen = set(np.random.default_rng(repeat).choice(n_batches, 8, replace=False).tolist())
+        batches = training_batches(split, config, np.random.default_rng(repeat))
+        sample = [batch for i, batch in enumerate(batches) if i in chosen]  # holds 8, not all
+        steps = (svi, pyro_only, plain)
+        for step in steps:  # warm-up, untimed
+            step(sample[0])
+        rounds = {step: [] for step in steps}
+        order_rng = random.Random(repeat)
+        for _ in range(ROUNDS):
+            order = list(steps)
+            order_rng.shuffle(order)
+            for step in order:
+                start = time.perf_counter()
+                for batch in sample:
+                    step(batch)
+                rounds[step].append(time.perf_counter() - start)
+        ratios.append(paired_ratio(rounds[svi], rounds[plain]))
+        pyro_ratios.append(paired_ratio(rounds[pyro_only], rounds[plain]))
 
     def evaluate(users, items):
         start = time.perf_counter()

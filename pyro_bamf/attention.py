@@ -101,20 +101,18 @@ def compiled_eval_scores():
 
 
 def _compiled_scores(*args):
-    """:func:`compiled_eval_scores` on ``args``; a failed compilation (no C++ compiler for
-    inductor, say) raises :class:`~pyro_bamf.kernels.KernelUnavailableError` naming
-    ``compile_eval``."""
-    from torch._dynamo.exc import BackendCompilerFailed
-
+    """:func:`compiled_eval_scores` on ``args``; any failure of the compiled path (a C++
+    compiler that fails for inductor, say: the eager path takes the same, checked inputs)
+    raises :class:`~pyro_bamf.kernels.KernelUnavailableError` naming ``compile_eval``."""
     try:
         return compiled_eval_scores()(*args)
-    except BackendCompilerFailed as err:
-        cause = getattr(err, "inner_exception", None) or err
+    except Exception as err:  # torch.compile's errors have no public type
+        first = str(err).strip().splitlines()[:1] or [""]
         raise kernels.KernelUnavailableError(
-            "compile_eval: torch.compile could not build the evaluation scores "
-            f"({type(cause).__name__}: {str(cause).strip()}). Install a C++ compiler (or name "
-            "it in $CXX), or set compile_eval = false (eager evaluation: the same scores, "
-            "3-4x slower)."
+            "compile_eval: torch.compile could not build or run the evaluation scores "
+            f"({type(err).__name__}: {first[0]}). Install a working C++ compiler (or name it "
+            "in $CXX), or set compile_eval = false (eager evaluation: the same scores, 3-4x "
+            "slower)."
         ) from err
 
 

@@ -142,7 +142,7 @@ class BAMFConfig:
     compile_eval: bool = False
     fused_scores: bool = True
     pyro_validation: bool = False
-    retain_freed_memory: bool = True
+    retain_freed_memory: bool = False
     device: str = "cpu"
     ties: str = "pessimistic"
     test_candidates: str = ""

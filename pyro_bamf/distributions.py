@@ -20,7 +20,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch.distributions import register_kl
-from torch.distributions.utils import _standard_normal
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -114,7 +113,7 @@ class MaskedLogNormal(dist.TorchDistribution):
         """``exp(loc + eps * scale)``, ``eps ~ N(0, 1)`` of shape ``sample_shape + mask.shape``."""
         shape = self._extended_shape(torch.Size(sample_shape))
         loc = self.loc.expand(shape)
-        eps = _standard_normal(shape, dtype=loc.dtype, device=loc.device)
+        eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()  # as Normal
         return torch.exp(loc + eps * self.scale.expand(shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

@@ -73,23 +73,22 @@ def compiler() -> str:
     return found
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler ``torch.compile`` builds CPU code with (inductor's own search:
-    ``$CXX``, else ``g++``); :class:`KernelUnavailableError` naming ``compile_eval`` if none
-    works. ``None`` where this torch's inductor has no ``cpp_builder`` (a private module):
-    then the first compilation names ``compile_eval`` instead (see ``attention``)."""
-    try:
-        from torch._inductor import cpp_builder, exc
-    except ImportError:
-        return None
-    try:
-        return cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler as err:
+def cxx_compiler() -> str:
+    """The C++ compiler ``torch.compile`` builds CPU code with: ``$CXX``, else the first of
+    ``g++``, ``c++``, ``clang++`` on the PATH; :class:`KernelUnavailableError` naming
+    ``compile_eval`` if there is none. A compiler that is found but fails is reported by the
+    first compilation (:func:`pyro_bamf.attention.compiled_eval_scores`)."""
+    named = os.environ.get("CXX")
+    candidates = [named] if named else ["g++", "c++", "clang++"]
+    found = next(filter(None, map(shutil.which, candidates)), None)
+    if found is None:
+        wanted = f"$CXX={named!r}" if named else "g++, c++ or clang++"
         raise KernelUnavailableError(
-            f"compile_eval needs a C++ compiler for torch.compile ({err}). Install one (or name "
-            "it in $CXX), or set compile_eval = false (eager evaluation: the same scores, 3-4x "
-            "slower)."
-        ) from None
+            f"compile_eval needs a C++ compiler for torch.compile; {wanted} was not found. "
+            "Install one (or name it in $CXX), or set compile_eval = false (eager evaluation: "
+            "the same scores, 3-4x slower)."
+        )
+    return found
 
 
 def check_build_tools(config, device: torch.device) -> None:

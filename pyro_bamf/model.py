@@ -21,8 +21,7 @@ default family, ``Independent(base.mask(mask), 2)`` for the others).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 
 import pyro
 import pyro.distributions as dist
@@ -35,6 +34,8 @@ from .attention import AttentionPrior, GuideSpread, ScoreNetwork, guide_site, si
 from .batch import Batch
 from .config import BAMFConfig
 from .distributions import EventSite
+
+WEIGHT_SITES = ("user_weights", "item_weights")  # pyro.deterministic: outside the ELBO
 
 
 def kl_scaled(scale: float) -> AbstractContextManager:
@@ -100,56 +101,12 @@ class BAMF(nn.Module):
             self.head = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, 1, bias=False))
         else:
             self.head = nn.Linear(dim, 1)
-        self.param_sites = True
-        self.weight_sites = True
 
     def register(self) -> None:
-        """``pyro.module("bamf", self)``: every network's parameters as Pyro ``param`` sites
-        (skipped inside :meth:`registered_once`)."""
-        if self.param_sites:
-            pyro.module("bamf", self)
-
-    @contextmanager
-    def registered_once(self) -> Iterator[BAMF]:
-        """Register the networks with Pyro's param store once, here; inside the block
-        :meth:`model` and :meth:`guide` do not register them again at every call, so their
-        traces hold no ``param`` sites.
-
-        For torch-native SVI loops that optimise ``self.parameters()`` with a ``torch.optim``
-        optimiser (as :func:`pyro_bamf.training.fit` does): there the per-call registration
-        only finds the same tensors again (~1.5 ms of a 38 ms step at the paper's settings).
-        Pyro's ``SVI`` with a ``pyro.optim`` optimiser finds the parameters through those
-        sites: run it outside the block.
-        """
+        """``pyro.module("bamf", self)``: every network's parameters as Pyro ``param`` sites, at
+        every call of :meth:`model` and :meth:`guide`, so that ``pyro.infer.SVI`` with a
+        ``pyro.optim`` optimiser finds them."""
         pyro.module("bamf", self)
-        with self._switched_off("param_sites"):
-            yield self
-
-    @contextmanager
-    def without_weight_sites(self) -> Iterator[BAMF]:
-        """Inside the block :meth:`model` does not record the normalised weights as
-        ``pyro.deterministic`` sites ``"user_weights"``/``"item_weights"``; it computes them all
-        the same.
-
-        Those sites never enter the ELBO (a deterministic site's log-density is a masked
-        zero), so the loss and its gradients are unchanged (tested); the block saves their
-        two ``Delta`` distributions and effect-handler passes per step (~170 Python calls,
-        below what the benchmark resolves: docs/performance.md). :func:`pyro_bamf.training.fit`
-        takes its steps inside it; ``Predictive`` and traces that need the weights run outside
-        it.
-        """
-        with self._switched_off("weight_sites"):
-            yield self
-
-    @contextmanager
-    def _switched_off(self, flag: str) -> Iterator[None]:
-        """Set the boolean attribute ``flag`` to false for the block, then restore it."""
-        previous = getattr(self, flag)
-        setattr(self, flag, False)
-        try:
-            yield
-        finally:
-            setattr(self, flag, previous)
 
     @property
     def n_users(self) -> int:
@@ -230,9 +187,8 @@ class BAMF(nn.Module):
                 item_scores = pyro.sample("item_scores", item_prior)
             user_weights = self.weights(user_scores.log(), mask)
             item_weights = self.weights(item_scores.log(), mask)
-            if self.weight_sites:
-                user_weights = pyro.deterministic("user_weights", user_weights, event_dim=2)
-                item_weights = pyro.deterministic("item_weights", item_weights, event_dim=2)
+            user_weights = pyro.deterministic(WEIGHT_SITES[0], user_weights, event_dim=2)
+            item_weights = pyro.deterministic(WEIGHT_SITES[1], item_weights, event_dim=2)
             logits = self.logits(batch, user_weights, item_weights)
             with poutine.scale(scale=obs_scale):
                 if batch.labels is not None:

@@ -28,8 +28,8 @@ from pyro_bamf.batch import Batch, candidate_batches
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
 from pyro_bamf.distributions import EventSite, MaskedLogNormal, history_site
-from pyro_bamf.model import BAMF
-from pyro_bamf.training import ClosedFormKLELBO, loss_scales, make_elbo, svi_step
+from pyro_bamf.model import BAMF, WEIGHT_SITES
+from pyro_bamf.training import ClosedFormKLELBO, fit, loss_scales, make_elbo, svi_step
 
 # Small networks keep the hand computations and the steps cheap.
 K = 8
@@ -688,75 +688,34 @@ def test_a_second_model_under_the_same_pyro_name_trains_its_own_parameters(split
     assert "user_embedding.weight" in changed and "head.0.weight" in changed
 
 
-def seeded_loss_and_grads(model: BAMF, batch: Batch):
-    """``ClosedFormKLELBO``'s loss (scales 0.5, 0.2) and every gradient, from seed 5."""
-    model.zero_grad()
-    pyro.set_rng_seed(5)
-    loss = ClosedFormKLELBO().differentiable_loss(model.model, model.guide, batch, 0.5, 0.2)
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+def site_names(model: BAMF, batch: Batch) -> tuple[set[str], set[str]]:
+    """The (model, guide) trace's site names, ``param`` sites included."""
+    guide_trace = poutine.trace(model.guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(batch)
+    return set(model_trace.nodes), set(guide_trace.nodes)
 
 
-def test_registered_once_registers_the_networks_once_and_keeps_the_loss(split):
-    """Inside ``registered_once`` the traces lose their ``param`` sites (the store keeps every
-    parameter) and the loss and gradients stay bit-identical; leaving the block, also by an
-    error, brings the per-call registration back."""
-    config = make_config(dropout=0.0)
+def test_model_and_guide_record_the_same_sites_in_fit_as_outside_it(split):
+    """Every parameter is a ``param`` site of both model and guide, the weights are sites of
+    the model, whether they are called on their own or from ``fit``'s epochs."""
+    config = make_config(dropout=0.2, max_epochs=1, warmup_epochs=0)
     model = BAMF(split.n_users, split.n_items, config)
     batch = make_batch(split, "pointwise")
-    names = {"bamf$$$" + name for name, _ in model.named_parameters()}
-
-    def params_in(fn):
-        trace = poutine.trace(fn).get_trace(batch)
-        return {name for name, site in trace.nodes.items() if site["type"] == "param"}
-
-    assert params_in(model.model) | params_in(model.guide) == names
-    outside = seeded_loss_and_grads(model, batch)
-    pyro.clear_param_store()
-    with model.registered_once():
-        assert set(pyro.get_param_store().keys()) == names
-        assert params_in(model.model) == params_in(model.guide) == set()
-        inside = seeded_loss_and_grads(model, batch)
-    assert torch.equal(inside[0], outside[0])
-    assert all(torch.equal(a, b) for a, b in zip(inside[1], outside[1], strict=True))
-    assert params_in(model.guide)
-    with pytest.raises(RuntimeError, match="boom"), model.registered_once():
-        raise RuntimeError("boom")
-    assert params_in(model.guide) and model.param_sites
-
-
-@pytest.mark.parametrize("learning", ["pointwise", "pairwise"])
-def test_without_weight_sites_drops_only_the_weight_sites_and_keeps_loss_and_grads(split, learning):
-    """Inside ``without_weight_sites`` the model's trace has no ``user_weights``/
-    ``item_weights`` and its other sites are unchanged; the loss and every gradient are
-    bit-identical (dropout included, same seed); leaving the block, also by an error, brings
-    the sites back."""
-    config = make_config(dropout=0.2)
-    model = BAMF(split.n_users, split.n_items, config)
-    batch = make_batch(split, learning)
-
-    def model_sites():
-        guide_trace = poutine.trace(model.guide).get_trace(batch)
-        trace = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(batch)
-        nodes = trace.nodes.items()
-        return {name: site["value"] for name, site in nodes if site["type"] == "sample"}
-
-    weights = {"user_weights", "item_weights"}
-    pyro.set_rng_seed(3)
-    outside_sites = model_sites()
-    outside = seeded_loss_and_grads(model, batch)
-    with model.without_weight_sites():
-        pyro.set_rng_seed(3)
-        inside_sites = model_sites()
-        inside = seeded_loss_and_grads(model, batch)
-    assert weights <= set(outside_sites) and not weights & set(inside_sites)
-    assert set(outside_sites) - weights == set(inside_sites)
-    assert all(torch.equal(inside_sites[k], outside_sites[k]) for k in inside_sites)
-    assert torch.equal(inside[0], outside[0])
-    assert all(torch.equal(a, b) for a, b in zip(inside[1], outside[1], strict=True))
-    with pytest.raises(RuntimeError, match="boom"), model.without_weight_sites():
-        raise RuntimeError("boom")
-    assert model.weight_sites and weights <= set(model_sites())
+    params = {"bamf$$$" + name for name, _ in model.named_parameters()}
+    model_sites, guide_sites = site_names(model, batch)
+    assert params <= model_sites and params <= guide_sites
+    assert {"user_weights", "item_weights", "user_scores", "obs"} <= model_sites
+    seen = []
+    loo = split.candidates("loo", 9)
+    fit(
+        model,
+        split,
+        config,
+        loo,
+        progress=False,
+        on_epoch=lambda *_: seen.append(site_names(model, batch)),
+    )
+    assert seen == [(model_sites, guide_sites)]
 
 
 # --------------------------------------------------------------------------- dropout and fast paths
@@ -922,7 +881,7 @@ def test_closed_form_kl_elbo_equals_trace_mean_field_elbo_bit_for_bit(
     model = BAMF(split.n_users, split.n_items, config)
     batch = make_batch(split, learning)
     losses, grads = [], []
-    for elbo in (ClosedFormKLELBO(), TraceMeanField_ELBO()):
+    for elbo in (ClosedFormKLELBO(ignored=WEIGHT_SITES), TraceMeanField_ELBO()):
         model.zero_grad()
         pyro.set_rng_seed(3)  # the same latent draws for both
         with pyro.validation_enabled(False):  # the fast path only runs without validation
