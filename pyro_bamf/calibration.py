@@ -27,11 +27,16 @@ def _check(probabilities, labels) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
+def check_n_bins(n_bins: int) -> None:
+    """``ValueError`` unless there is at least one reliability bin."""
+    if n_bins < 1:
+        raise ValueError(f"the number of reliability bins (--bins) must be >= 1, got {n_bins}")
+
+
 def reliability_bins(probabilities, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Per bin ``b`` (equal width; ``p = 1`` falls in the last): ``count``, mean probability
     ``confidence`` and positive rate ``accuracy`` (NaN for empty bins), and the bin ``edges``."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    check_n_bins(n_bins)
     p, y = _check(probabilities, labels)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)

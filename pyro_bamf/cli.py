@@ -8,6 +8,8 @@ import json
 import sys
 import warnings
 
+import torch
+
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
 from .kernels import KernelUnavailableError
@@ -98,10 +100,9 @@ def _interval(samples) -> dict[str, float]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from . import views
-    from .calibration import calibration_metrics, reliability_bins
+    from .calibration import calibration_metrics, check_n_bins, reliability_bins
 
-    if args.bins < 1:
-        raise ValueError(f"--bins must be >= 1 (the number of reliability bins), got {args.bins}")
+    check_n_bins(args.bins)
     if args.plot:
         views.check_figure_path(args.plot)
     rec = load_run(args.run)
@@ -194,8 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         KernelUnavailableError,
         TrainingCollapsed,
     ) as err:
-        print(f"pyro-bamf: error: {err}", file=sys.stderr)
+        print(f"pyro-bamf: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.cuda.OutOfMemoryError) as err:
+        print(
+            f"pyro-bamf: error: out of memory ({type(err).__name__}: {one_line(err)}): lower "
+            "batch_size, embedding_dim, max_history or eval_negatives",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("pyro-bamf: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of ``err``'s message."""
+    return (str(err).strip().splitlines() or [""])[0]

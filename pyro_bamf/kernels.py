@@ -147,20 +147,29 @@ def library(dim: int, kind: str = "concat") -> ctypes.CDLL:
 
 def _build(cc: str, flags: list[str], source: Path, path: Path) -> None:
     """Compile into a temporary file beside ``path``, then rename it into place (with the
-    permissions the umask gives). :class:`KernelUnavailableError` if the compiler fails (its
-    first line complete, the compiler's messages below) or the cache folder cannot be
-    written."""
+    permissions the umask gives). :class:`KernelUnavailableError` in one line if the compiler
+    cannot run or fails (with its first message) or the cache folder cannot be written."""
+    remedy = (
+        "install a working C compiler (or name one in $CC), or set fused_scores = false (the "
+        "PyTorch path: same model, ~2x slower training)"
+    )
     try:
         with atomic_path(path) as tmp:
-            done = subprocess.run(
-                [cc, *flags, str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True
-            )
+            try:
+                done = subprocess.run(
+                    [cc, *flags, str(source), "-o", str(tmp), "-lm"],
+                    capture_output=True,
+                    text=True,
+                )
+            except OSError as err:
+                raise KernelUnavailableError(
+                    f"the C compiler {cc} cannot be run ({err.strerror}): {remedy}"
+                ) from None
             if done.returncode != 0:
+                first = (done.stderr.strip().splitlines() or ["no message"])[0]
                 raise KernelUnavailableError(
                     f"building the fused_scores kernel {source.name} with {cc} failed (exit "
-                    f"{done.returncode}): install a working C compiler (or name one in $CC), or "
-                    "set fused_scores = false (the PyTorch path: same model, ~2x slower training)"
-                    f"\n{done.stderr.strip()}".rstrip()
+                    f"{done.returncode}: {first}): {remedy}"
                 )
     except OSError as err:
         raise _unwritable_cache(path.parent, err) from None

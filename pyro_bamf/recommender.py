@@ -72,18 +72,21 @@ class BAMFRecommender:
         on_epoch: Callable[[EpochLog, TrainState], None] | None = None,
         resume: TrainState | None = None,
         distributed: DistributedContext | None = None,
+        loo: Candidates | None = None,
     ) -> FitResult:
         """Seed everything from ``config.seed``, build a fresh model and train it by SVI.
 
         ``on_epoch(row, state)`` runs after each epoch; ``resume`` continues from such a state;
-        ``distributed`` trains data-parallel (:mod:`pyro_bamf.distributed`).
+        ``distributed`` trains data-parallel (:mod:`pyro_bamf.distributed`); ``loo``: the
+        split's leave-one-out pool, if already built (``split.candidates("loo", ...)``).
         """
         device = self.check_device()
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
         self.split = split
         self.model = BAMF(split.n_users, split.n_items, self.config).to(device)
-        loo = split.candidates("loo", self.config.eval_negatives)
+        if loo is None:
+            loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
             return fit(
                 self.model, split, self.config, loo, progress, on_epoch=on_epoch, resume=resume,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
+import shutil
 import statistics
 import warnings
 from dataclasses import fields
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .config import BAMFConfig
+from .config import BAMFConfig, ConfigError
 from .data import Candidates, ImplicitSplit, load_data, movie_titles, resolve_spec
 from .distributed import finish_distributed, init_distributed
 from .recommender import BAMFRecommender, load_checked
@@ -78,8 +80,10 @@ def train_run(
     """Train ``config`` and write the run directory ``out``; returns the metrics record.
 
     ``out`` must be new or empty: a run already there is refused (``resume`` continues an
-    interrupted one; ``overwrite=True`` replaces a run's files, and only those). Everything
-    is checked (configuration, data, pools, device, compilers) before the first file is
+    interrupted one). ``overwrite=True`` replaces a run's files, and only those, once the new
+    run has finished: until then they wait in a hidden folder beside ``out`` (named in
+    ``INCOMPLETE``) and come back if training fails or is interrupted. The configuration,
+    data, pools, memory estimate, device and compilers are checked before the first file is
     written, and data paths are recorded absolute so the run can be evaluated from anywhere.
 
     After every epoch ``checkpoint.pt`` (model, optimiser, RNG and early-stopping state) is
@@ -93,19 +97,22 @@ def train_run(
     state, fingerprint, stale = None, None, []
     if resume:
         config, state, fingerprint = _load_checkpoint(out)
-    else:
+    elif not (distributed and int(os.environ.get("RANK", "0")) > 0):  # rank 0 writes
         stale = run_files_to_replace(out, overwrite)
+    if not resume:
         config = config.replace(
             data=resolve_spec(config.data),
             test_candidates=config.test_candidates and str(Path(config.test_candidates).resolve()),
         )
     split = build_split(config)
     recommender = BAMFRecommender(config)
+    device = recommender.check_device()
+    check_memory(config, split, device)
     context = None
     if distributed:
         if resume:
             raise ValueError("resuming a distributed run is not supported: start it again")
-        context = init_distributed(recommender.check_device())
+        context = init_distributed(device)
     args = (config, out, split, recommender, progress, log_epochs, state, fingerprint, stale)
     if context is None:
         return _train(*args)
@@ -119,7 +126,7 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
     """The files of a run already at ``out`` that ``overwrite`` replaces (``[]`` if none).
 
     Raises ``ValueError`` naming what is there and the way on when ``out`` is a file, a
-    folder holding other files, or a run and ``overwrite`` is false.
+    folder holding other files, or (unless ``overwrite``) holds a run or part of one.
     """
     if not out.exists():
         return []
@@ -127,41 +134,125 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
         raise ValueError(f"--out {out} is a file, not a run directory")
     names = sorted(os.listdir(out))
     ours = [name for name in names if name in RUN_FILES]
-    if not ours:
-        if names:
-            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            raise ValueError(
-                f"--out {out} is a folder of other files ({shown}), not a run: choose a new "
-                "or empty folder"
-            )
-        return []
-    if overwrite:
+    if not ours and names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"--out {out} is a folder of other files ({shown}), not a run: choose a new or "
+            "empty folder"
+        )
+    if overwrite or not ours:
         return [out / name for name in ours]
-    if INCOMPLETE in ours:
+    if INCOMPLETE in ours and CHECKPOINT in ours:
         raise ValueError(
             f"--out {out} holds an interrupted run: continue it with "
             f"`pyro-bamf train --resume {out}`, or pass --overwrite to start it again"
         )
+    if INCOMPLETE in ours:
+        raise ValueError(
+            f"--out {out} holds a run stopped before its first epoch finished: pass "
+            "--overwrite to start it again"
+        )
+    if {"config.toml", "model.pt", "metrics.json"} <= set(ours):
+        raise ValueError(
+            f"--out {out} holds a finished run: pass --overwrite to replace it, or choose "
+            "another --out"
+        )
     raise ValueError(
-        f"--out {out} holds a finished run: pass --overwrite to replace it, or choose another --out"
+        f"--out {out} holds part of a run ({', '.join(ours)}): pass --overwrite to replace "
+        "those files, or choose another --out"
     )
+
+
+MEMORY_FACTOR = 16  # float tensors of the score network's (rows, L, K) shape alive in a step
+
+
+def check_memory(config: BAMFConfig, split: ImplicitSplit, device: torch.device) -> None:
+    """``ConfigError`` when one training step or the evaluation pools would not fit in the
+    device's memory, estimated before anything is written.
+
+    A step holds about ``MEMORY_FACTOR`` float32 tensors of ``(rows, L, K)`` (``rows`` the
+    examples of a batch, ``L`` the longest kept history, ``K`` the embedding size); a pool
+    row costs ~32 bytes (indices, label, score). The total memory of the machine (or GPU) is
+    the budget; where it cannot be read, nothing is checked.
+    """
+    budget = _total_memory(device)
+    if budget is None:
+        return
+    rows = min(config.batch_size, len(split.train) * config.group_size)
+    width = int(split.history_lengths.max(initial=1))
+    step = MEMORY_FACTOR * 4 * rows * width * config.embedding_dim
+    pools = 32 * (len(split.test) + len(split.loo)) * (1 + config.eval_negatives)
+    for need, what, keys in (
+        (step, "a training step", "batch_size, embedding_dim or max_history"),
+        (pools, "the test and leave-one-out pools", "eval_negatives"),
+    ):
+        if need > budget:
+            raise ConfigError(
+                f"{what} would need ~{need / 2**30:.1f} GiB, more than the "
+                f"{budget / 2**30:.1f} GiB of memory here: lower {keys}"
+            )
+
+
+def _total_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (the machine's for the CPU), or ``None`` if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def set_aside(out: Path, files: list[Path]) -> Path:
+    """Move ``files`` (a run's, inside ``out``) into a new hidden folder beside ``out``."""
+    aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+    aside.mkdir()
+    for path in files:
+        path.rename(aside / path.name)
+    return aside
+
+
+def put_back(out: Path, aside: Path) -> None:
+    """Remove the new run's files from ``out`` and return the set-aside ones."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for path in aside.iterdir():
+        path.rename(out / path.name)
+    aside.rmdir()
 
 
 def _train(
     config, out, split, recommender, progress, log_epochs, state, fingerprint, stale, context=None
 ):
     main = context is None or context.is_main
-    recommender.check_device()
     if state is not None and fingerprint != split.fingerprint:
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
     candidates = evaluation_pool(config, split)
+    loo = split.candidates("loo", config.eval_negatives)
+    aside = set_aside(out, stale) if stale and main else None
+    try:
+        metrics = _train_in(config, out, split, recommender, progress, log_epochs, state,
+                            fingerprint, context, candidates, loo, aside)  # fmt: skip
+    except BaseException:
+        if aside is not None:
+            put_back(out, aside)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
+    return metrics
+
+
+def _train_in(
+    config, out, split, recommender, progress, log_epochs, state, fingerprint, context,
+    candidates, loo, aside,
+):  # fmt: skip
+    main = context is None or context.is_main
     if state is None and main:
-        for path in stale:
-            path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / INCOMPLETE, "training has not finished; resume with --resume\n")
+        kept = "" if aside is None else f"; the run it replaces waits in {aside} until it does"
+        write_text(out / INCOMPLETE, f"training has not finished; resume with --resume{kept}\n")
         write_text(out / "config.toml", config.to_toml())
 
     def on_epoch(row: EpochLog, train_state: TrainState) -> None:
@@ -185,8 +276,9 @@ def _train(
             )
 
     result = recommender.fit(
-        split, progress=progress and main, on_epoch=on_epoch, resume=state, distributed=context
-    )
+        split, progress=progress and main, on_epoch=on_epoch, resume=state, distributed=context,
+        loo=loo,
+    )  # fmt: skip
     if not main:
         return {}
     recommender.save(out / "model.pt")
@@ -242,10 +334,10 @@ def check_same_config(out: Path, config: BAMFConfig, trained_with: dict[str, Any
     """Refuse to resume when ``config.toml`` differs from the checkpoint's configuration,
     naming every key that differs and both values."""
     current = config.to_dict()
-    changed = [key for key in current if current[key] != trained_with.get(key)]
+    changed = [key for key in trained_with if current.get(key) != trained_with[key]]
     if changed:
         diffs = "; ".join(
-            f"{key} = {current[key]!r} (the checkpoint's: {trained_with.get(key)!r})"
+            f"{key} = {current.get(key)!r} (the checkpoint's: {trained_with[key]!r})"
             for key in changed
         )
         raise ValueError(

@@ -53,7 +53,7 @@ def test_empty_bins_are_nan_and_ignored():
 def test_bad_inputs_are_named(p, y, message):
     with pytest.raises(ValueError, match=message):
         calibration_metrics(p, y)
-    with pytest.raises(ValueError, match="n_bins"):
+    with pytest.raises(ValueError, match=r"reliability bins \(--bins\) must be >= 1"):
         reliability_bins([0.5], [1], n_bins=0)
 
 
@@ -63,11 +63,11 @@ def test_too_few_bins_are_refused_by_the_api_and_by_calibrate_before_any_run_is_
 ):
     from pyro_bamf.cli import main
 
-    with pytest.raises(ValueError, match=rf"n_bins must be >= 1, got {bins}$"):
+    with pytest.raises(ValueError, match=rf"bins \(--bins\) must be >= 1, got {bins}$"):
         calibration_metrics([0.5, 0.25], [1, 0], n_bins=bins)
     missing = tmp_path / "no-run"  # the bins are named, not the missing run
     assert main(["calibrate", "--run", str(missing), "--bins", str(bins)]) == 2
     assert capsys.readouterr().err == (
-        f"pyro-bamf: error: --bins must be >= 1 (the number of reliability bins), got {bins}\n"
+        f"pyro-bamf: error: the number of reliability bins (--bins) must be >= 1, got {bins}\n"
     )
     assert not missing.exists()

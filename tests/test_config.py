@@ -283,4 +283,4 @@ def test_example_configs_load_and_differ_only_in_learning_and_score_fn():
     defaults = BAMFConfig().to_dict()
     for config in configs.values():
         differing = {k for k, v in config.to_dict().items() if defaults[k] != v}
-        assert differing <= {"learning", "score_fn", "compile_eval", "head"}
+        assert differing <= {"learning", "score_fn", "compile_eval", "head", "retain_freed_memory"}

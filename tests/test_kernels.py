@@ -227,11 +227,26 @@ def test_failing_compiler_is_named_on_the_first_line_before_training(monkeypatch
     config = BAMFConfig(embedding_dim=K, compile_eval=False)
     with pytest.raises(kernels.KernelUnavailableError) as info:
         kernels.check_build_tools(config, torch.device("cpu"))
-    first, *rest = str(info.value).splitlines()
-    assert f"with {script} failed (exit 3)" in first and "set fused_scores = false" in first
-    assert rest == ["cc1: internal compiler error: bamf"]
+    message = str(info.value)
+    assert "\n" not in message and "set fused_scores = false" in message
+    assert f"with {script} failed (exit 3: cc1: internal compiler error: bamf)" in message
     assert list(cache.iterdir()) == []
     kernels.check_build_tools(config, torch.device("cuda"))  # no kernel off the CPU
+
+
+def test_a_compiler_that_cannot_run_is_named_not_the_cache(monkeypatch, tmp_path):
+    from pyro_bamf.config import BAMFConfig
+
+    script = tmp_path / "cc-without-interpreter"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("BAMF_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setattr(kernels, "_libraries", {})
+    with pytest.raises(kernels.KernelUnavailableError) as info:
+        kernels.check_build_tools(BAMFConfig(embedding_dim=K), torch.device("cpu"))
+    assert str(info.value).startswith(f"the C compiler {script} cannot be run (")
+    assert "fused_scores = false" in str(info.value) and "cache" not in str(info.value)
 
 
 def test_unusable_kernel_cache_is_named_with_the_way_on(monkeypatch, tmp_path):

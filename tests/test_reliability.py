@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_bamf import atomic, training
+from pyro_bamf import atomic, runs, training
 from pyro_bamf.atomic import atomic_path
 from pyro_bamf.cli import main
-from pyro_bamf.config import BAMFConfig
+from pyro_bamf.config import BAMFConfig, ConfigError
 from pyro_bamf.data import DataError
 from pyro_bamf.recommender import BAMFRecommender, CheckpointError
 from pyro_bamf.runs import CHECKPOINT, INCOMPLETE, build_split, evaluate_run, train_run
@@ -394,6 +394,50 @@ def test_overwrite_replaces_only_the_runs_own_files(tiny_run, tmp_path):
     assert without_timing(metrics(out)) == without_timing(metrics(tiny_run))
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(out)) == sorted(os.listdir(tiny_run) + ["notes.txt"])
+
+
+def test_overwrite_that_fails_in_training_puts_the_old_run_back(tiny_run, tmp_path, monkeypatch):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    def failing(*args, **kwargs):
+        assert (out / INCOMPLETE).read_text().count(".run.replaced-") == 1  # says where
+        assert sorted(os.listdir(out)) == [INCOMPLETE, "config.toml"]
+        raise FloatingPointError("non-finite loss (NLL term went bad)")
+
+    monkeypatch.setattr(training, "svi_step", failing)
+    with pytest.raises(FloatingPointError):
+        train_run(TINY, out, progress=False, log_epochs=False, overwrite=True)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the hidden folder is gone
+
+
+def test_a_user_who_has_seen_every_item_is_refused_before_anything_is_written(tmp_path):
+    rows = [(u, i) for u in range(1, 30) for i in range(u, u + 8)]  # items 1..36
+    rows += [(0, item) for item in range(1, 37)]  # user 0 has seen every one
+    table = tmp_path / "table.csv"
+    table.write_text("userId,movieId\n" + "".join(f"{u},{i}\n" for u, i in rows))
+    config = TINY.replace(data=str(table), eval_protocol="full")
+    with pytest.raises(DataError, match=r"user 0 \(original id 0\) has interacted with all"):
+        train_run(config, tmp_path / "run", progress=False, log_epochs=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sizes_too_large_for_the_machine_together_are_refused_before_writing(tmp_path):
+    data = "synthetic:n_users=300,n_items=2000,mean_interactions=120,seed=1"
+    config = TINY.replace(data=data, embedding_dim=4096, batch_size=65536, max_history=400)
+    with pytest.raises(ConfigError, match=r"^a training step would need ~\d+\.\d GiB, more than"):
+        train_run(config, tmp_path / "run", progress=False, log_epochs=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pools_too_large_for_the_memory_are_refused(monkeypatch):
+    split = build_split(TINY)
+    monkeypatch.setattr(runs, "_total_memory", lambda device: 2**16)  # 64 KiB
+    with pytest.raises(ConfigError, match=r"test and leave-one-out pools .* lower eval_negatives"):
+        runs.check_memory(TINY.replace(embedding_dim=2, batch_size=5), split, torch.device("cpu"))
+    monkeypatch.setattr(runs, "_total_memory", lambda device: None)  # unknown: nothing checked
+    runs.check_memory(TINY.replace(eval_negatives=100_000), split, torch.device("cpu"))
 
 
 def test_overwrite_of_a_run_refused_later_keeps_the_run(tiny_run, tmp_path):

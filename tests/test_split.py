@@ -178,7 +178,7 @@ def test_candidates_need_at_least_one_negative(small_data, n_negatives):
         split.candidates("val", n_negatives)
 
 
-def test_candidates_refuse_more_negatives_than_a_user_has_unseen_items():
+def test_candidates_warn_when_a_user_has_fewer_unseen_items_than_negatives():
     # Of 10 items, user "a" saw 6 (4 unseen) and user "b" saw 4 (6 unseen).
     frame = pd.DataFrame({"userId": ["a"] * 6 + ["b"] * 4, "movieId": range(10)})
     split = ImplicitSplit.from_interactions(from_frame(frame))
@@ -186,8 +186,8 @@ def test_candidates_refuse_more_negatives_than_a_user_has_unseen_items():
         pool = split.candidates("test", 5)
     assert str(caught[0].message) == (
         "1 user(s) have fewer unseen items than the 5 negatives asked for, e.g. user 0 "
-        "(original id 'a') has only 4: their pools repeat negatives; ask for at most 4 "
-        "(eval_negatives, or calibrate --negatives) for distinct ones"
+        "(original id 'a') has only 4: their pools must repeat negatives (eval_negatives, or "
+        "calibrate --negatives, sets how many)"
     )
     assert np.count_nonzero((pool.users == 0) & (pool.labels == 0)) == 5  # repeated, as warned
     with pytest.warns(UserWarning, match=r"^2 user\(s\) .* 7 negatives .* user 0 .* only 4:"):

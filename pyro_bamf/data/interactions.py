@@ -230,7 +230,7 @@ def load_table(
         try:
             df = pd.read_csv(path, sep=sep, engine=engine)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: malformed table ({err})") from err
+            raise DataError(f"{path}: malformed table ({' '.join(str(err).split())})") from err
     return from_frame(df, user_col=user_col, item_col=item_col, source=str(path))
 
 

@@ -95,8 +95,9 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
     text = os.fspath(spec)
     if isinstance(spec, str) and not text.strip():
         raise DataError(f"the data spec is empty: expected {SPEC_HELP}")
-    if not isinstance(spec, str) or Path(text).expanduser().exists():
-        return _load_path(Path(text).expanduser())
+    path = _as_path(spec)
+    if path is not None:
+        return _load_path(path)
     keyword, _, options = text.partition(":")
     if keyword == "movielens" and not options:
         return load_movielens(data_dir=data_dir)
@@ -107,9 +108,15 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
     raise DataError(f"unknown data spec {text!r}: no such file or folder; expected {SPEC_HELP}")
 
 
+def _as_path(spec: str | os.PathLike) -> Path | None:
+    """``spec`` as the path :func:`load_data` reads (a path object, or a string naming an
+    existing file or folder), else ``None`` (a keyword)."""
+    path = Path(os.fspath(spec)).expanduser()
+    return path if not isinstance(spec, str) or path.exists() else None
+
+
 def resolve_spec(spec: str) -> str:
     """``spec`` with a path made absolute, so that it names the same data from any folder;
-    keywords (``movielens``, ``auto``, ``synthetic:...``) are returned as they are. A spec is
-    a path exactly when :func:`load_data` would read it as one."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if spec.strip() and path.exists() else spec
+    keywords (``movielens``, ``auto``, ``synthetic:...``) are returned as they are."""
+    path = _as_path(spec) if spec.strip() else None
+    return spec if path is None else str(path.resolve())

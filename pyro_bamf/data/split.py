@@ -341,7 +341,8 @@ class ImplicitSplit:
         if full.size:
             u = int(full[0])
             raise DataError(
-                f"user {u} (original id {self.data.user_ids[u]!r}) has interacted with all "
+                f"user {u} (original id {self.data.user_ids[u : u + 1].tolist()[0]!r}) has "
+                f"interacted with all "
                 f"{self.n_items} items: no negatives to sample"
             )
         available = unseen[users][:, None]
@@ -367,8 +368,8 @@ class ImplicitSplit:
             warnings.warn(
                 f"{short.size} user(s) have fewer unseen items than the {n_negatives} negatives "
                 f"asked for, e.g. user {user} (original id {original!r}) has only "
-                f"{unseen[user]}: their pools repeat negatives; ask for at most {unseen[user]} "
-                "(eval_negatives, or calibrate --negatives) for distinct ones",
+                f"{unseen[user]}: their pools must repeat negatives (eval_negatives, or "
+                "calibrate --negatives, sets how many)",
                 UserWarning,
                 stacklevel=3,
             )
