@@ -607,6 +607,18 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
         r"--out .*run is a folder of other files \(notes\.txt\), not a run: choose a new or empty",
     ),
     (
+        "train --out on a folder holding only a config.toml",
+        Cli(lambda tmp: train_argv(write(tmp, "run/config.toml", "seed = 1\n").parent.parent)),
+        2,
+        r"--out .*run holds part of a run \(config\.toml\): pass --overwrite to replace those",
+    ),
+    (
+        "train --out on a run stopped before its first epoch finished",
+        Cli(lambda tmp: train_argv(write(finished_run(tmp), "INCOMPLETE", "").parent.parent)),
+        2,
+        r"--out .*run holds a run stopped before its first epoch finished: pass --overwrite",
+    ),
+    (
         "--resume combined with --overwrite",
         Cli(lambda tmp: ["train", "--resume", str(interrupted_run(tmp)), "--overwrite"]),
         2,
