@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    config = BAMFConfig(  # the paper configs' settings (examples/configs)
+    config = BAMFConfig(  # with the paper configs' compile_eval and retain_freed_memory
         data=args.data, score_fn=args.score_fn, compile_eval=True, retain_freed_memory=True
     )
     retained = config.retain_freed_memory and retain_freed_memory()  # as fit() does

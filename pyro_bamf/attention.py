@@ -106,6 +106,8 @@ def _compiled_scores(*args):
     raises :class:`~pyro_bamf.kernels.KernelUnavailableError` naming ``compile_eval``."""
     try:
         return compiled_eval_scores()(*args)
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise
     except Exception as err:  # torch.compile's errors have no public type
         first = str(err).strip().splitlines()[:1] or [""]
         raise kernels.KernelUnavailableError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except (
@@ -207,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyro-bamf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's time limit, torchrun stopping a job) as an exit that unwinds,
+    so that a run being overwritten is put back (:func:`pyro_bamf.runs.train_run`)."""
+    raise SystemExit(128 + signum)
 
 
 def one_line(err: BaseException) -> str:

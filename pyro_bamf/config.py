@@ -80,7 +80,7 @@ RANGES: dict[str, Range] = {
     "guide_sigma": Range(1e-6, 10.0, why="a log-scale spread"),
     "guide_shape": Range(1.0, 100.0, why="a Weibull shape; below 1 the draws overflow"),
     "prior_sigma": Range(1e-3, 10.0, why="a log-scale spread"),
-    "prior_shape": Range(0.1, 100.0, why="a gamma or Weibull shape"),
+    "prior_shape": Range(0.1, 10.0, why="a gamma or Weibull shape; (s / scale)^k overflows"),
     "prior_log_mean": Range(-10.0, 10.0, why="the log of the prior's mean score"),
     "kl_anneal_epochs": Range(0, EPOCHS, why="0: no annealing"),
     "lr": Range(0.0, 0.01, open_low=True, why="Adam's step; larger ones overflow exp(psi)"),

@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -74,15 +75,15 @@ def compiler() -> str:
 
 
 def cxx_compiler() -> str:
-    """The C++ compiler ``torch.compile`` builds CPU code with: ``$CXX``, else the first of
-    ``g++``, ``c++``, ``clang++`` on the PATH; :class:`KernelUnavailableError` naming
-    ``compile_eval`` if there is none. A compiler that is found but fails is reported by the
-    first compilation (:func:`pyro_bamf.attention.compiled_eval_scores`)."""
+    """The C++ compiler ``torch.compile`` builds CPU code with, as inductor picks it: ``$CXX``,
+    else ``g++`` (``clang++`` on macOS); :class:`KernelUnavailableError` naming
+    ``compile_eval`` if it is not on the PATH. A compiler that is found but fails is reported
+    by the first compilation (:func:`pyro_bamf.attention.compiled_eval_scores`)."""
     named = os.environ.get("CXX")
-    candidates = [named] if named else ["g++", "c++", "clang++"]
-    found = next(filter(None, map(shutil.which, candidates)), None)
+    wanted = named or ("clang++" if sys.platform == "darwin" else "g++")
+    found = shutil.which(wanted)
     if found is None:
-        wanted = f"$CXX={named!r}" if named else "g++, c++ or clang++"
+        wanted = f"$CXX={named!r}" if named else wanted
         raise KernelUnavailableError(
             f"compile_eval needs a C++ compiler for torch.compile; {wanted} was not found. "
             "Install one (or name it in $CXX), or set compile_eval = false (eager evaluation: "
@@ -166,7 +167,8 @@ def _build(cc: str, flags: list[str], source: Path, path: Path) -> None:
                     f"the C compiler {cc} cannot be run ({err.strerror}): {remedy}"
                 ) from None
             if done.returncode != 0:
-                first = (done.stderr.strip().splitlines() or ["no message"])[0]
+                lines = done.stderr.strip().splitlines() or ["no message"]
+                first = next((line for line in lines if "error" in line), lines[0])
                 raise KernelUnavailableError(
                     f"building the fused_scores kernel {source.name} with {cc} failed (exit "
                     f"{done.returncode}: {first}): {remedy}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import secrets
 import shutil
 import statistics
 import warnings
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .batch import groups_per_batch
 from .config import BAMFConfig, ConfigError
 from .data import Candidates, ImplicitSplit, load_data, movie_titles, resolve_spec
 from .distributed import finish_distributed, init_distributed
@@ -31,6 +31,7 @@ from .training import EpochLog, TrainState
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.toml", "history.csv", "model.pt", "metrics.json", CHECKPOINT, INCOMPLETE)
+REPLACED = ".replaced"  # inside a run being overwritten: the run it replaces, until it finishes
 
 
 def build_split(config: BAMFConfig) -> ImplicitSplit:
@@ -81,8 +82,9 @@ def train_run(
 
     ``out`` must be new or empty: a run already there is refused (``resume`` continues an
     interrupted one). ``overwrite=True`` replaces a run's files, and only those, once the new
-    run has finished: until then they wait in a hidden folder beside ``out`` (named in
-    ``INCOMPLETE``) and come back if training fails or is interrupted. The configuration,
+    run has finished: until then they wait in ``out/.replaced`` and come back if training
+    fails or is interrupted (a killed process leaves them there; the replacing run, resumed
+    to its end, removes them). The configuration,
     data, pools, memory estimate, device and compilers are checked before the first file is
     written, and data paths are recorded absolute so the run can be evaluated from anywhere.
 
@@ -132,7 +134,7 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
         return []
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory")
-    names = sorted(os.listdir(out))
+    names = sorted(name for name in os.listdir(out) if name != REPLACED)
     ours = [name for name in names if name in RUN_FILES]
     if not ours and names:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -171,22 +173,20 @@ def check_memory(config: BAMFConfig, split: ImplicitSplit, device: torch.device)
     device's memory, estimated before anything is written.
 
     A step holds about ``MEMORY_FACTOR`` float32 tensors of ``(rows, L, K)`` (``rows`` the
-    examples of a batch, ``L`` the longest kept history, ``K`` the embedding size); a pool
-    row costs ~32 bytes (indices, label, score). The total memory of the machine (or GPU) is
-    the budget; where it cannot be read, nothing is checked.
+    examples of a batch, ``L`` the longest kept history, ``K`` the embedding size), in the
+    memory of the training device; a pool row costs ~32 bytes of the machine's memory
+    (indices, label, score). Where a total cannot be read, it is not checked.
     """
-    budget = _total_memory(device)
-    if budget is None:
-        return
-    rows = min(config.batch_size, len(split.train) * config.group_size)
+    trainer, host = _total_memory(device), _total_memory(torch.device("cpu"))  # pools: numpy
+    rows = min(groups_per_batch(config), len(split.train)) * config.group_size
     width = int(split.history_lengths.max(initial=1))
     step = MEMORY_FACTOR * 4 * rows * width * config.embedding_dim
     pools = 32 * (len(split.test) + len(split.loo)) * (1 + config.eval_negatives)
-    for need, what, keys in (
-        (step, "a training step", "batch_size, embedding_dim or max_history"),
-        (pools, "the test and leave-one-out pools", "eval_negatives"),
+    for need, what, keys, budget in (
+        (step, "a training step", "batch_size, embedding_dim or max_history", trainer),
+        (pools, "the test and leave-one-out pools", "eval_negatives", host),
     ):
-        if need > budget:
+        if budget is not None and need > budget:
             raise ConfigError(
                 f"{what} would need ~{need / 2**30:.1f} GiB, more than the "
                 f"{budget / 2**30:.1f} GiB of memory here: lower {keys}"
@@ -204,11 +204,23 @@ def _total_memory(device: torch.device) -> int | None:
 
 
 def set_aside(out: Path, files: list[Path]) -> Path:
-    """Move ``files`` (a run's, inside ``out``) into a new hidden folder beside ``out``."""
-    aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+    """Move ``files`` (a run's, inside ``out``) into ``out/.replaced``; if that folder is
+    already there (an overwrite was killed), it still holds the run being replaced, and
+    ``files`` are the killed run's, which are removed. A failed move is undone."""
+    aside = out / REPLACED
+    if aside.is_dir():
+        for path in files:
+            path.unlink()
+        return aside
     aside.mkdir()
-    for path in files:
-        path.rename(aside / path.name)
+    try:
+        for path in files:
+            path.rename(aside / path.name)
+    except BaseException:
+        for path in aside.iterdir():
+            path.rename(out / path.name)
+        aside.rmdir()
+        raise
     return aside
 
 
@@ -239,8 +251,8 @@ def _train(
         if aside is not None:
             put_back(out, aside)
         raise
-    if aside is not None:
-        shutil.rmtree(aside)
+    if main:  # the run is complete: the run it replaced, even before a resume, can go
+        shutil.rmtree(out / REPLACED, ignore_errors=True)
     return metrics
 
 
@@ -251,7 +263,7 @@ def _train_in(
     main = context is None or context.is_main
     if state is None and main:
         out.mkdir(parents=True, exist_ok=True)
-        kept = "" if aside is None else f"; the run it replaces waits in {aside} until it does"
+        kept = "" if aside is None else f"; the run it replaces waits in {REPLACED}/ until then"
         write_text(out / INCOMPLETE, f"training has not finished; resume with --resume{kept}\n")
         write_text(out / "config.toml", config.to_toml())
 

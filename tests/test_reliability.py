@@ -401,15 +401,41 @@ def test_overwrite_that_fails_in_training_puts_the_old_run_back(tiny_run, tmp_pa
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
 
     def failing(*args, **kwargs):
-        assert (out / INCOMPLETE).read_text().count(".run.replaced-") == 1  # says where
-        assert sorted(os.listdir(out)) == [INCOMPLETE, "config.toml"]
+        assert "the run it replaces waits in .replaced/" in (out / INCOMPLETE).read_text()
+        assert sorted(os.listdir(out)) == [".replaced", INCOMPLETE, "config.toml"]
         raise FloatingPointError("non-finite loss (NLL term went bad)")
 
     monkeypatch.setattr(training, "svi_step", failing)
     with pytest.raises(FloatingPointError):
         train_run(TINY, out, progress=False, log_epochs=False, overwrite=True)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
-    assert sorted(os.listdir(tmp_path)) == ["run"]  # the hidden folder is gone
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # .replaced is gone
+
+
+def test_a_terminated_overwrite_puts_the_old_run_back(tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    command = [*train_command(out), "--overwrite"]
+    with reaped(command, stdout=subprocess.PIPE) as process:
+        for line in process.stdout:  # after epoch 1 the new run has a checkpoint
+            if re.match(r"epoch\s+1\s", line):
+                break
+        assert (out / CHECKPOINT).is_file() and (out / ".replaced" / "metrics.json").is_file()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_a_killed_overwrite_keeps_the_old_run_until_the_new_one_is_resumed_to_its_end(
+    killed_and_resumed, tmp_path
+):
+    run = shutil.copytree(killed_and_resumed["snapshot"], tmp_path / "run")
+    (run / ".replaced").mkdir()  # as a SIGKILLed --overwrite leaves it
+    (run / ".replaced" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds an interrupted run"):  # not a folder of others
+        train_run(BAMFConfig(), run, progress=False, log_epochs=False)
+    train_run(BAMFConfig(), run, progress=False, log_epochs=False, resume=True)
+    assert not (run / ".replaced").exists() and (run / "metrics.json").read_text() != "{}"
 
 
 def test_a_user_who_has_seen_every_item_is_refused_before_anything_is_written(tmp_path):
