@@ -68,6 +68,7 @@ class Range:
 
 
 EPOCHS = 100_000
+MAX_WEIBULL_PRIOR_SHAPE = 3.0  # k (log s - log scale) stays < 88 for |psi| < 9, |m| <= 10
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, why="the range numpy's and Pyro's seeds take"),
     "max_history": Range(1, 100_000),
@@ -80,7 +81,7 @@ RANGES: dict[str, Range] = {
     "guide_sigma": Range(1e-6, 10.0, why="a log-scale spread"),
     "guide_shape": Range(1.0, 100.0, why="a Weibull shape; below 1 the draws overflow"),
     "prior_sigma": Range(1e-3, 10.0, why="a log-scale spread"),
-    "prior_shape": Range(0.1, 10.0, why="a gamma or Weibull shape; (s / scale)^k overflows"),
+    "prior_shape": Range(0.1, 100.0, why="a gamma or Weibull shape"),
     "prior_log_mean": Range(-10.0, 10.0, why="the log of the prior's mean score"),
     "kl_anneal_epochs": Range(0, EPOCHS, why="0: no annealing"),
     "lr": Range(0.0, 0.01, open_low=True, why="Adam's step; larger ones overflow exp(psi)"),
@@ -164,6 +165,12 @@ class BAMFConfig:
         group.check(
             "batch_size", self.batch_size, f"{self.group_size} (one positive and its negatives)"
         )
+        if self.prior_family == "weibull" and self.prior_shape > MAX_WEIBULL_PRIOR_SHAPE:
+            raise ConfigError(
+                f"a Weibull prior needs prior_shape <= {MAX_WEIBULL_PRIOR_SHAPE:g}, got "
+                f"{self.prior_shape!r}: its density's (s / scale)^k at the guide's draws "
+                "overflows float32 beyond (use the gamma prior for a sharper one)"
+            )
         if self.guide_spread == "learned" and self.guide_family != "lognormal":
             raise ConfigError("guide_spread = 'learned' needs guide_family = 'lognormal'")
         if self.guide_spread == "learned" and self.guide_sigma <= 1e-3:

@@ -689,13 +689,19 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
         "prior_shape = 1e-300 (gamma prior)",
         Cli(lambda tmp: train_argv(tmp, "prior_family=gamma", "prior_shape=1e-300")),
         2,
-        r"prior_shape must be in \[0\.1, 10\] \(a gamma or Weibull shape; .*got 1e-300",
+        r"prior_shape must be in \[0\.1, 100\] \(a gamma or Weibull shape\), got 1e-300",
     ),
     (
         "guide_shape = 1e6 (Weibull guide)",
         Cli(lambda tmp: train_argv(tmp, "guide_family=weibull", "guide_shape=1e6")),
         2,
         r"guide_shape must be in \[1, 100\] \(a Weibull shape; .*got 1000000\.0",
+    ),
+    (
+        "Weibull prior of shape 10 (its Monte Carlo KL overflows)",
+        Cli(lambda tmp: train_argv(tmp, "prior_family=weibull", "prior_shape=10")),
+        2,
+        r"a Weibull prior needs prior_shape <= 3, got 10\.0: its density's \(s / scale\)\^k",
     ),
     (
         "prior_log_mean = 1000",
