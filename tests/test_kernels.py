@@ -78,6 +78,31 @@ def test_kernel_equals_pytorch_with_its_own_dropout_mask(kind, groups, size, len
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_prod_kernel_at_a_large_embedding_size_equals_pytorch():
+    """The gradient of W (K x K floats) accumulates in heap memory: at K = 2048 (16 MB) the
+    stack copy it once had crashed an OpenMP thread (found by tests/test_config_space.py)."""
+    big, gen = 2048, torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(2, 2, big, generator=gen),
+        torch.randn(2, 3, big, generator=gen),
+        0.02 * torch.randn(big, big, generator=gen),
+        0.1 * torch.randn(big, generator=gen),
+        1 + 0.1 * torch.randn(big, generator=gen),
+        0.1 * torch.randn(big, generator=gen),
+        0.1 * torch.randn(1, big, generator=gen),
+        torch.zeros(1),
+    ]
+    tensors = [t.requires_grad_() for t in tensors]
+    fast = kernels.prod_scores(*tensors, 1e-5, seed=0, keep_threshold=kernels.FULL_KEEP)
+    slow = reference_prod_scores(*tensors, torch.ones(2, 2, 3, big))
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    grad = torch.randn(fast.shape, generator=gen)
+    for got, want in zip(
+        gradients(fast, grad, tensors), gradients(slow, grad, tensors), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
 def test_kernel_without_dropout_keeps_everything():
     tensors = leaves(4, 3, 6, 1)
     fast = kernels.concat_scores(*tensors, 1e-5, seed=123, keep_threshold=kernels.FULL_KEEP)

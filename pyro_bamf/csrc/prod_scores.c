@@ -53,8 +53,12 @@ void prod_scores_backward(
     float *restrict partial)
 {
     static const float zero[DIM] = {0};
-    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM], da[DIM], dx[DIM];
-    float acc_wt[DIM * DIM] = {0}, acc_bias[DIM] = {0};
+    float x[DIM], a[DIM], n[DIM], h[DIM], keep[DIM], da[DIM], dx[DIM], acc_bias[DIM] = {0};
+    /* dWT (K, K) accumulates in place in this call's partial row: on the stack it would take
+     * K^2 floats of an OpenMP thread's stack (64 MB at K = 4096, a crash) */
+    float *p = partial + 2 * DIM + outputs * (DIM + 1);
+    float *restrict acc_wt = p;
+    for (int j = 0; j < DIM * DIM; j++) acc_wt[j] = 0.0f;
     head_grads acc = {0};
     for (int64_t g = g0; g < g1; g++)
         for (int64_t s = 0; s < S; s++) {
@@ -83,10 +87,8 @@ void prod_scores_backward(
                 for (int m = 0; m < DIM; m++) dkv[m] += dx[m] * qv[m];
             }
         }
-    float *p = partial + 2 * DIM + outputs * (DIM + 1);
     head_store(&acc, outputs, partial, partial + DIM, partial + 2 * DIM,
                partial + 2 * DIM + outputs * DIM);
-    for (int j = 0; j < DIM * DIM; j++) p[j] = acc_wt[j];
     for (int j = 0; j < DIM; j++) p[DIM * DIM + j] = acc_bias[j];
 }
 
