@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,8 @@ from pyro_bamf.training import loss_scales, make_elbo
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("score_fn", ["concat", "prod"])
-def test_plain_torch_loss_equals_the_pyro_loss_and_its_gradients(score_fn):
+def test_plain_torch_loss_equals_the_pyro_loss_and_its_gradients(score_fn, load_script):
     split = ImplicitSplit.from_interactions(
         make_synthetic(n_users=30, n_items=60, rank=3, mean_interactions=12, seed=0), seed=0
     )
@@ -45,7 +37,7 @@ def test_plain_torch_loss_equals_the_pyro_loss_and_its_gradients(score_fn):
     losses, grads = [], []
     for loss_of in (
         lambda: make_elbo(config).differentiable_loss(model.model, model.guide, batch, *scales),
-        lambda: load_bench().torch_loss(model, batch, *scales),
+        lambda: load_script(BENCH).torch_loss(model, batch, *scales),
     ):
         pyro.set_rng_seed(3)
         model.zero_grad(set_to_none=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -22,16 +21,9 @@ DATA = "synthetic:n_users=40,n_items=120,mean_interactions=12,seed=2"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "svi.py"
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("svi_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.filterwarnings("ignore:.*pools repeat negatives")
-def test_the_example_trains_and_reports_each_epoch(capsys):
-    history = load_example().main(["--data", DATA, "--epochs", "2"])
+def test_the_example_trains_and_reports_each_epoch(capsys, load_script):
+    history = load_script(EXAMPLE).main(["--data", DATA, "--epochs", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines] == [["epoch", "1"], ["epoch", "2"]]
     assert len(history) == 2 and all(
