@@ -246,7 +246,7 @@ def _train(
     aside = set_aside(out, stale) if stale and main else None
     try:
         metrics = _train_in(config, out, split, recommender, progress, log_epochs, state,
-                            fingerprint, context, candidates, loo, aside)  # fmt: skip
+                            context, candidates, loo, aside)  # fmt: skip
     except BaseException:
         if aside is not None:
             put_back(out, aside)
@@ -257,8 +257,8 @@ def _train(
 
 
 def _train_in(
-    config, out, split, recommender, progress, log_epochs, state, fingerprint, context,
-    candidates, loo, aside,
+    config, out, split, recommender, progress, log_epochs, state, context, candidates, loo,
+    aside,
 ):  # fmt: skip
     main = context is None or context.is_main
     if state is None and main:
