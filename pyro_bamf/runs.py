@@ -30,7 +30,8 @@ from .training import EpochLog, TrainState
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.toml", "history.csv", "model.pt", "metrics.json", CHECKPOINT, INCOMPLETE)
+FINISHED = ("config.toml", "model.pt", "metrics.json")  # what a finished run holds
+RUN_FILES = (*FINISHED, "history.csv", CHECKPOINT, INCOMPLETE)
 REPLACED = ".replaced"  # inside a run being overwritten: the run it replaces, until it finishes
 
 
@@ -154,7 +155,7 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
             f"--out {out} holds a run stopped before its first epoch finished: pass "
             "--overwrite to start it again"
         )
-    if {"config.toml", "model.pt", "metrics.json"} <= set(ours):
+    if set(FINISHED) <= set(ours):
         raise ValueError(
             f"--out {out} holds a finished run: pass --overwrite to replace it, or choose "
             "another --out"
@@ -362,6 +363,11 @@ def load_run(run: str | Path) -> BAMFRecommender:
     """The trained recommender of a finished run directory, on its own data and split."""
     run = Path(run)
     check_finished(run)
+    return _load_finished(run)
+
+
+def _load_finished(run: Path) -> BAMFRecommender:
+    """:func:`load_run` of a run already checked by :func:`check_finished`."""
     config = BAMFConfig.from_toml(run / "config.toml")
     if config.device == "cuda" and not torch.cuda.is_available():
         warnings.warn(f"run {run} was trained on CUDA; no GPU here, loading it on the CPU",
@@ -374,16 +380,17 @@ def check_finished(run: Path) -> None:
     """``ValueError`` unless ``run`` is a finished run directory."""
     if (run / INCOMPLETE).exists():
         raise ValueError(f"run {run} is incomplete (training did not finish)")
-    for name in ("config.toml", "model.pt", "metrics.json"):
+    for name in FINISHED:
         if not (run / name).is_file():
             raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
 
 
 def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
     """Re-score a finished run: ``(fresh test metrics, metrics.json as saved)``."""
-    check_finished(Path(run))
-    saved = read_metrics(Path(run) / "metrics.json")
-    recommender = load_run(run)
+    run = Path(run)
+    check_finished(run)
+    saved = read_metrics(run / "metrics.json")
+    recommender = _load_finished(run)
     candidates = evaluation_pool(recommender.config, recommender.split)
     return recommender.evaluate(candidates), saved
 

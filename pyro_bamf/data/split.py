@@ -341,8 +341,7 @@ class ImplicitSplit:
         if full.size:
             u = int(full[0])
             raise DataError(
-                f"user {u} (original id {self.data.user_ids[u : u + 1].tolist()[0]!r}) has "
-                f"interacted with all "
+                f"user {u} (original id {self._original_user(u)!r}) has interacted with all "
                 f"{self.n_items} items: no negatives to sample"
             )
         available = unseen[users][:, None]
@@ -350,6 +349,10 @@ class ImplicitSplit:
         query = (users * (self.n_items + 1))[:, None] + rank
         seen_below = np.searchsorted(keys, query, side="right") - starts[users][:, None]
         return rank + seen_below
+
+    def _original_user(self, user: int):
+        """The original id of user index ``user`` as a plain Python value (``5``, ``"a"``)."""
+        return self.data.user_ids[user : user + 1].tolist()[0]
 
     def _check_enough_unseen(self, users: np.ndarray, n_negatives: int) -> None:
         """DataError if ``n_negatives < 1``; a warning if a user has fewer unseen items than
@@ -364,7 +367,7 @@ class ImplicitSplit:
         short = users[(unseen[users] > 0) & (unseen[users] < n_negatives)]
         if short.size:
             user = int(short[np.argmin(unseen[short])])
-            original = self.data.user_ids[user : user + 1].tolist()[0]
+            original = self._original_user(user)
             warnings.warn(
                 f"{short.size} user(s) have fewer unseen items than the {n_negatives} negatives "
                 f"asked for, e.g. user {user} (original id {original!r}) has only "
