@@ -36,6 +36,7 @@ from pyro_bamf.batch import groups_per_batch, training_batches
 from pyro_bamf.data import ImplicitSplit, load_data
 from pyro_bamf.distributions import lognormal_kl
 from pyro_bamf.evaluation import score_candidates
+from pyro_bamf.fastpaths import build_model
 from pyro_bamf.training import (
     NegativeELBO,
     kl_lambda,
@@ -119,7 +120,7 @@ def main() -> None:
         test_users, test_items = test.users[keep], test.items[keep]
     else:
         test_users, test_items = test.users, test.items
-    model = BAMF(split.n_users, split.n_items, config)
+    model = build_model(split.n_users, split.n_items, config, "cpu")  # as fit() builds it
     elbo = make_elbo(config)
     optimizer = make_optimizer(model, config)
     weight = kl_lambda(config, 11)

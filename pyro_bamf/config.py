@@ -16,16 +16,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .families import GUIDE_FAMILIES, PRIOR_FAMILIES
+from .attention import SCORE_NETWORKS
+from .families import GUIDES, PRIORS
+from .registry import RegistryError, accepts
 
 CHOICES = {
     "learning": ("pointwise", "pairwise"),
-    "score_fn": ("concat", "prod"),
     "item_embeddings": ("role", "shared"),
     "head": ("affine", "linear"),
     "prior_loc": ("constant", "key"),
-    "prior_family": PRIOR_FAMILIES,
-    "guide_family": GUIDE_FAMILIES,
     "guide_spread": ("fixed", "learned"),
     "kl_weight": ("mean", "elbo"),
     "loss_reduction": ("mean", "sum"),
@@ -36,6 +35,9 @@ CHOICES = {
     "eval_protocol": ("sampled", "full"),
     "device": ("cpu", "cuda", "auto"),
 }
+
+
+REGISTRIES = {"score_fn": SCORE_NETWORKS, "prior_family": PRIORS, "guide_family": GUIDES}
 
 
 class ConfigError(ValueError):
@@ -101,6 +103,10 @@ class BAMFConfig:
 
     Data: ``data`` is a path, ``movielens`` (cached copy), ``auto`` (MovieLens, else synthetic
     with a warning) or ``synthetic[:key=value,...]``.
+
+    ``score_fn``, ``prior_family`` and ``guide_family`` take a registered name, an import path
+    ``"package.module:name"`` or the factory itself, which is recorded by its registered name or
+    import path (:mod:`pyro_bamf.registry`).
     """
 
     data: str = "movielens"
@@ -149,6 +155,11 @@ class BAMFConfig:
     test_candidates: str = ""
 
     def __post_init__(self) -> None:
+        for key, registry in REGISTRIES.items():
+            try:
+                object.__setattr__(self, key, registry.name_of(getattr(self, key)))
+            except RegistryError as err:
+                raise ConfigError(f"{key}: {err}") from None
         for f in fields(self):
             value = _coerce(f.name, getattr(self, f.name), type(getattr(BAMFConfig, f.name)))
             if isinstance(value, float) and not math.isfinite(value):
@@ -171,8 +182,13 @@ class BAMFConfig:
                 f"{self.prior_shape!r}: its density's (s / scale)^k at the guide's draws "
                 "overflows float32 beyond (use the gamma prior for a sharper one)"
             )
-        if self.guide_spread == "learned" and self.guide_family != "lognormal":
-            raise ConfigError("guide_spread = 'learned' needs guide_family = 'lognormal'")
+        if self.guide_spread == "learned" and not accepts(
+            GUIDES.resolve(self.guide_family), "spread"
+        ):
+            raise ConfigError(
+                f"guide_spread = 'learned' needs a guide family that takes a spread; "
+                f"{self.guide_family!r} does not"
+            )
         if self.guide_spread == "learned" and self.guide_sigma <= 1e-3:
             raise ConfigError("a learned guide spread starts at guide_sigma, which must be > 1e-3")
         if self.learning == "pairwise" and self.train_negatives not in (0, 1):

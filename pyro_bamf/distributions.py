@@ -9,7 +9,8 @@ slots: batch shape ``(G,)`` (the plate ``"groups"``), event shape ``(S, L)``, wi
       s ~ LogNormal(loc, scale) elementwise,   log p(s) = sum_{mask} log LogNormal(s; loc, scale)
       KL(q || p) = sum_{mask} (r + t - 1 - log r) / 2,   r = (sq / sp)^2,   t = ((mq - mp) / sp)^2
 
-- :func:`history_site` wraps any other family: ``Independent(base.mask(mask), 2)``.
+- :func:`history_site` makes any family's distribution a site: a ``LogNormal`` becomes a
+  :class:`MaskedLogNormal`, any other ``Independent(base.expand(shape).mask(mask), 2)``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,28 @@ class EventSite(dist.Independent):
         return super().expand(batch_shape, _instance)
 
 
-def history_site(distribution, mask: torch.Tensor) -> EventSite:
-    """``distribution.mask(mask).to_event(2)`` for a ``(G, S, L)`` attention site."""
+def history_site(distribution, mask: torch.Tensor) -> dist.TorchDistribution:
+    """``distribution.expand(mask.shape).mask(mask).to_event(2)``: a ``(G, S, L)`` attention
+    site of batch ``(G,)`` and event ``(S, L)``.
+
+    ``distribution``'s batch shape broadcasts to ``mask.shape``; its parameters are computed
+    before the broadcast, so a constant prior or the user-side guide ``(G, 1, L)`` stays a
+    stride-0 view. A ``LogNormal`` becomes a :class:`MaskedLogNormal` (the same distribution as
+    one object, with the registered masked KL).
+    """
+    if type(distribution) is dist.LogNormal:
+        return MaskedLogNormal(distribution.loc, distribution.scale, mask)
+    if distribution.batch_shape != mask.shape:
+        distribution = distribution.expand(mask.shape)
     return EventSite(distribution.mask(mask), 2)
+
+
+def _one_value(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as a 0-dim tensor if it repeats one value by stride 0 (``broadcast_all``
+    makes such a view of a number), so that it costs one element, not one per site slot."""
+    if values.dim() and not any(values.stride()):
+        return values.as_strided((), ())
+    return values
 
 
 def _sum_event(values: torch.Tensor) -> torch.Tensor:
@@ -57,9 +77,10 @@ class MaskedLogNormal(dist.TorchDistribution):
 
     ``mask (..., G, S, L)`` (bool) fixes the shapes: batch ``(..., G)``, event ``(S, L)``.
     ``loc`` and ``scale`` broadcast to ``mask.shape``: a 0-dim tensor (a constant prior), the
-    user side ``(G, 1, L)``, or the full shape; ``scale`` may also be a float. A 0-dim one stays
-    a number; any other is expanded to ``mask.shape`` as a view, so a per-user location costs
-    no ``G * S * L`` copy and draws and KL share one broadcast, as in the chain it replaces.
+    user side ``(G, 1, L)``, or the full shape; ``scale`` may also be a float. A 0-dim one (or
+    a stride-0 view of one value) stays a number; any other is expanded to ``mask.shape`` as a
+    view, so a per-user location costs no ``G * S * L`` copy and draws and KL share one
+    broadcast, as in the chain it replaces.
 
     It is ``LogNormal(loc, scale).expand(mask.shape).mask(mask).to_event(2)`` (same samples
     for the same random state, same log-densities, same KL and gradients, tested) as one
@@ -78,8 +99,8 @@ class MaskedLogNormal(dist.TorchDistribution):
             raise ValueError(f"mask must be (..., G, S, L), got shape {tuple(shape)}")
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
-        loc = torch.as_tensor(loc, device=mask.device)
-        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        loc = _one_value(torch.as_tensor(loc, device=mask.device))
+        scale = _one_value(torch.as_tensor(scale, dtype=loc.dtype, device=loc.device))
         self.loc = loc if loc.dim() == 0 or loc.shape == shape else loc.expand(shape)
         self.scale = scale if scale.dim() == 0 or scale.shape == shape else scale.expand(shape)
         self.mask = mask

@@ -1,23 +1,37 @@
 """Prior and guide families of the attention scores ``s_j > 0``, all parameterised by the mean.
 
-A prior of log-mean ``m`` (``E[s] = exp(m)``) and a guide located at ``psi`` (mean ``exp(psi)``);
-``sigma`` is ``prior_sigma``/``guide_sigma``, ``a`` and ``k`` are ``prior_shape``/``guide_shape``::
+A **prior family** is a callable ``(log_mean, **params) -> Distribution`` of mean
+``exp(log_mean)``; a **guide family** ``(psi, **params) -> Distribution`` of mean ``exp(psi)``.
+Tensors broadcast: ``log_mean`` is ``(G, 1, L)`` or a 0-dim constant, ``psi`` ``(G, S, L)``.
+The parameters are passed by name, each to the families that declare it
+(:func:`pyro_bamf.registry.bind`)::
 
-    family        prior                               guide
-    lognormal     LogNormal(m - sigma^2/2, sigma)     LogNormal(psi - sigma^2/2, sigma)
+    prior:  sigma = prior_sigma, shape = prior_shape
+    guide:  spread = guide_sigma (a float) or the learned spread (a tensor like psi),
+            shape = guide_shape
+
+Both live in registries that users extend, :func:`register_prior` and :func:`register_guide`;
+a configuration names a family by its registered name or an import path
+(``"mypkg.priors:log_mixture"``), and ``BAMFConfig`` also takes the callable itself. The
+built-ins are registered the same way::
+
+    name          prior                               guide
+    lognormal     LogNormal(m - sigma^2/2, sigma)     LogNormal(psi - spread^2/2, spread)
     gamma         Gamma(a, a / exp(m))                -
     weibull       Weibull(exp(m) / G(1 + 1/k), k)     Weibull(exp(psi) / G(1 + 1/k), k)
     halfnormal    HalfNormal(exp(m) sqrt(pi/2))       -
     exponential   Exponential(exp(-m))                -
 
-Importing this module registers the closed-form ``KL(Weibull(k, lam) || Gamma(a, b))`` of
-Zhang et al. (2018), used by Bayesian Attention Modules (Fan et al., NeurIPS 2020)::
+Importing this module registers with ``torch.distributions`` the closed-form
+``KL(Weibull(k, lam) || Gamma(a, b))`` of Zhang et al. (2018), used by Bayesian Attention
+Modules (Fan et al., NeurIPS 2020)::
 
     KL = g a / k - a log lam + log k + b lam G(1 + 1/k) - g - 1 - a log b + log G(a)
 
 (``g`` Euler's constant, ``G`` the gamma function, ``b`` the rate), and
-``KL(Weibull || Exponential)`` as its ``a = 1`` case. Pairs without a registered KL fall back
-to Monte Carlo under ``TraceMeanField_ELBO``; :func:`has_analytic_kl` says which is which.
+``KL(Weibull || Exponential)`` as its ``a = 1`` case. Whether a pair has a closed form is
+torch's KL registry's answer for the run's own distributions
+(:func:`pyro_bamf.training.kl_methods`); other pairs take the one-draw Monte Carlo KL.
 """
 
 from __future__ import annotations
@@ -26,11 +40,26 @@ import math
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import kl_divergence, register_kl
+from torch.distributions import register_kl
 
-PRIOR_FAMILIES = ("lognormal", "gamma", "weibull", "halfnormal", "exponential")
-GUIDE_FAMILIES = ("lognormal", "weibull")
+from .registry import Registry
+
 EULER_GAMMA = 0.5772156649015329
+
+PRIORS = Registry("prior family", "pyro_bamf.register_prior")
+GUIDES = Registry("guide family", "pyro_bamf.register_guide")
+
+
+def register_prior(name: str, factory=None, replace: bool = False):
+    """Register ``factory(log_mean, **params) -> Distribution`` (mean ``exp(log_mean)``) as
+    the prior family ``name``; usable as a decorator."""
+    return PRIORS.register(name, factory, replace)
+
+
+def register_guide(name: str, factory=None, replace: bool = False):
+    """Register ``factory(psi, **params) -> Distribution`` (mean ``exp(psi)``, reparameterised:
+    ``has_rsample``) as the guide family ``name``; usable as a decorator."""
+    return GUIDES.register(name, factory, replace)
 
 
 def lognormal_loc(log_mean, sigma):
@@ -39,31 +68,49 @@ def lognormal_loc(log_mean, sigma):
     return log_mean - 0.5 * sigma**2
 
 
-def prior_distribution(family: str, log_mean: torch.Tensor, sigma: float, shape: float):
-    """The prior of mean ``exp(log_mean)``; ``sigma`` is the lognormal spread, ``shape`` the
-    gamma/Weibull shape parameter."""
-    if family == "lognormal":
-        return dist.LogNormal(lognormal_loc(log_mean, sigma), sigma)
+@register_prior("lognormal")
+def lognormal_prior(log_mean: torch.Tensor, sigma: float) -> dist.LogNormal:
+    """``LogNormal(m - sigma^2/2, sigma)``."""
+    return dist.LogNormal(lognormal_loc(log_mean, sigma), sigma)
+
+
+@register_prior("gamma")
+def gamma_prior(log_mean: torch.Tensor, shape: float) -> dist.Gamma:
+    """``Gamma(a, rate = a / exp(m))``, ``a = shape``."""
     mean = log_mean.exp()
-    if family == "gamma":
-        return dist.Gamma(torch.full_like(mean, shape), shape / mean)
-    if family == "weibull":
-        return dist.Weibull(mean / math.gamma(1.0 + 1.0 / shape), torch.full_like(mean, shape))
-    if family == "halfnormal":
-        return dist.HalfNormal(mean * math.sqrt(math.pi / 2))
-    if family == "exponential":
-        return dist.Exponential(1.0 / mean)
-    raise ValueError(f"unknown prior family {family!r}; choose one of {PRIOR_FAMILIES}")
+    return dist.Gamma(torch.full_like(mean, shape), shape / mean)
 
 
-def guide_distribution(family: str, psi: torch.Tensor, sigma: float, shape: float):
-    """The variational distribution of mean ``exp(psi)``."""
-    if family == "lognormal":
-        return dist.LogNormal(lognormal_loc(psi, sigma), sigma)
-    if family == "weibull":
-        scale = psi.exp() / math.gamma(1.0 + 1.0 / shape)
-        return dist.Weibull(scale, torch.full_like(psi, shape))
-    raise ValueError(f"unknown guide family {family!r}; choose one of {GUIDE_FAMILIES}")
+@register_prior("weibull")
+def weibull_prior(log_mean: torch.Tensor, shape: float) -> dist.Weibull:
+    """``Weibull(scale = exp(m) / G(1 + 1/k), k)``, ``k = shape``."""
+    mean = log_mean.exp()
+    return dist.Weibull(mean / math.gamma(1.0 + 1.0 / shape), torch.full_like(mean, shape))
+
+
+@register_prior("halfnormal")
+def halfnormal_prior(log_mean: torch.Tensor) -> dist.HalfNormal:
+    """``HalfNormal(exp(m) sqrt(pi / 2))``."""
+    return dist.HalfNormal(log_mean.exp() * math.sqrt(math.pi / 2))
+
+
+@register_prior("exponential")
+def exponential_prior(log_mean: torch.Tensor) -> dist.Exponential:
+    """``Exponential(rate = exp(-m))``."""
+    return dist.Exponential(1.0 / log_mean.exp())
+
+
+@register_guide("lognormal")
+def lognormal_guide(psi: torch.Tensor, spread) -> dist.LogNormal:
+    """``LogNormal(psi - spread^2/2, spread)``; ``spread`` a float or a tensor like ``psi``."""
+    return dist.LogNormal(lognormal_loc(psi, spread), spread)
+
+
+@register_guide("weibull")
+def weibull_guide(psi: torch.Tensor, shape: float) -> dist.Weibull:
+    """``Weibull(scale = exp(psi) / G(1 + 1/k), k)``, ``k = shape`` (it sets the spread)."""
+    scale = psi.exp() / math.gamma(1.0 + 1.0 / shape)
+    return dist.Weibull(scale, torch.full_like(psi, shape))
 
 
 @register_kl(torch.distributions.Weibull, torch.distributions.Gamma)
@@ -87,14 +134,3 @@ def kl_weibull_gamma(p, q) -> torch.Tensor:
 def kl_weibull_exponential(p, q) -> torch.Tensor:
     """``KL(Weibull || Exponential(b))`` = ``KL(Weibull || Gamma(1, b))``."""
     return kl_weibull_gamma(p, torch.distributions.Gamma(torch.ones_like(q.rate), q.rate))
-
-
-def has_analytic_kl(guide: str, prior: str) -> bool:
-    """Whether ``KL(guide || prior)`` has a registered closed form (else Monte Carlo)."""
-    q = guide_distribution(guide, torch.tensor(0.3), 0.1, 3.0)
-    p = prior_distribution(prior, torch.tensor(0.0), 1.0, 2.0)
-    try:
-        kl_divergence(q, p)
-    except NotImplementedError:
-        return False
-    return True

@@ -9,10 +9,9 @@ compute, per (example, history item) pair and without storing any ``(pair, K)`` 
                                            prod:   A = W (q * k) + b
 
 and their backward passes recompute ``A``, the layer norm and the dropout mask from the inputs
-and a seed. The dropout mask draws its own uniforms (a 32-bit integer hash of the element index
-keyed by a seed from torch's generator), with the keep probability of
-:func:`pyro_bamf.attention.dropout_keep_mask`: the same model and distribution as the eager path,
-different draws.
+and a seed: the mask of :func:`pyro_bamf.attention.keep_mask` (a 32-bit integer hash of the
+element index keyed by the seed), so that the definition and the kernels keep the same elements
+for the same seed.
 
 The kernels are compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``: what ``torch.compile`` needs too) into ``$BAMF_KERNEL_CACHE`` (default
@@ -36,12 +35,12 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
+from .attention import FULL_KEEP
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = {"concat": CSRC / "concat_scores.c", "prod": CSRC / "prod_scores.c"}
 CHUNKS = 16
 MAX_OUTPUTS = 2
-FULL_KEEP = 1 << 16  # keep threshold that keeps every element (no dropout)
 _BASE_FLAGS = (
     "-O3", "-shared", "-fPIC", "-fopenmp", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
     "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
@@ -78,7 +77,7 @@ def cxx_compiler() -> str:
     """The C++ compiler ``torch.compile`` builds CPU code with, as inductor picks it: ``$CXX``,
     else ``g++`` (``clang++`` on macOS); :class:`KernelUnavailableError` naming
     ``compile_eval`` if it is not on the PATH. A compiler that is found but fails is reported
-    by the first compilation (:func:`pyro_bamf.attention.compiled_eval_scores`)."""
+    by the first compilation (:func:`pyro_bamf.fastpaths.compiled_scores`)."""
     named = os.environ.get("CXX")
     wanted = named or ("clang++" if sys.platform == "darwin" else "g++")
     found = shutil.which(wanted)

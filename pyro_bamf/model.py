@@ -13,14 +13,15 @@ For a group of examples sharing user ``u`` with targets ``i`` and history ``j in
 The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, h_j)``; the user
 module's query is ``p_u``, the item module's ``q_i``; ``sq`` is fixed or learned per weight
 (``guide_spread``). These are the default families; others of the same means are set by
-``prior_family`` and ``guide_family`` (:mod:`pyro_bamf.families`). One plate over the ``G``
-groups (dim -1); the ``(S, L)`` axes are event axes, masked over padding and the target
-(:mod:`pyro_bamf.distributions`: a :class:`~pyro_bamf.distributions.MaskedLogNormal` for the
-default family, ``Independent(base.mask(mask), 2)`` for the others).
+``prior_family`` and ``guide_family`` (:mod:`pyro_bamf.families`), and the score network ``f``
+by ``score_fn`` (:mod:`pyro_bamf.attention`): registered names, import paths or the objects.
+One plate over the ``G`` groups (dim -1); the ``(S, L)`` axes are event axes, masked over
+padding and the target (:func:`pyro_bamf.distributions.history_site`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pyro
@@ -29,11 +30,12 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from . import kernels
-from .attention import AttentionPrior, GuideSpread, ScoreNetwork, guide_site, simplex_weights
+from .attention import SCORE_NETWORKS, AttentionPrior, GuideSpread, simplex_weights
 from .batch import Batch
 from .config import BAMFConfig
-from .distributions import EventSite
+from .distributions import EventSite, history_site
+from .families import GUIDES, PRIORS
+from .registry import accepts, bind
 
 WEIGHT_SITES = ("user_weights", "item_weights")  # pyro.deterministic: outside the ELBO
 
@@ -46,6 +48,11 @@ def kl_scaled(scale: float) -> AbstractContextManager:
     return poutine.scale(scale=scale) if scale > 0 else poutine.mask(mask=False)
 
 
+def embedding_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]``: rows of ``table (R, K)`` for ``index (...)`` -> ``(..., K)``."""
+    return nn.functional.embedding(index, table)
+
+
 class BAMF(nn.Module):
     """Every network of BAMF; :meth:`model` and :meth:`guide` mirror each other.
 
@@ -56,9 +63,21 @@ class BAMF(nn.Module):
     ``config.head``: ``"affine"`` is the specification's ``x = h^T(W z + b)``; ``"linear"`` is
     ``x = h^T z + b``, one ``Linear(K, 1)`` as in the authors' code: the same functions of ``z``,
     but weight decay on the product ``W^T h`` pulls it to zero harder (docs/results.md).
+
+    ``score_network``: a factory ``(dim, outputs=..., dropout=...) -> nn.Module`` of the two
+    score networks, in place of the one ``config.score_fn`` names; ``gather_rows``: the
+    function that looks up embedding rows (:func:`embedding_rows`). Both are how
+    :mod:`pyro_bamf.fastpaths` installs its faster implementations of the same functions.
     """
 
-    def __init__(self, n_users: int, n_items: int, config: BAMFConfig) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        config: BAMFConfig,
+        score_network: Callable[..., nn.Module] | None = None,
+        gather_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = embedding_rows,
+    ) -> None:
         super().__init__()
         dim = config.embedding_dim
         self.config = config
@@ -73,28 +92,28 @@ class BAMF(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.01)
+        self.gather_rows = gather_rows
         self.spread = GuideSpread(config.guide_sigma, config.guide_spread == "learned")
-        scorer = (
-            dim,
-            config.score_fn,
-            config.dropout,
-            config.compile_eval,
-            self.spread.outputs,
-            config.fused_scores,
-        )
-        self.user_scorer = ScoreNetwork(*scorer)
-        self.item_scorer = ScoreNetwork(*scorer)
+        network = score_network or SCORE_NETWORKS.resolve(config.score_fn)
+        if self.spread.learned and not accepts(network, "outputs"):
+            raise ValueError(
+                "guide_spread = 'learned' needs a score network that takes outputs (it must "
+                "return (..., L, 2): psi and the raw spread)"
+            )
+        outputs = self.spread.outputs
+        network = bind(network, "score network", dropout=config.dropout, outputs=outputs)
+        self.user_scorer = network(dim)
+        self.item_scorer = network(dim)
         self.spread.initialise(self.user_scorer)
         self.spread.initialise(self.item_scorer)
-        prior = (
-            config.prior_loc,
-            config.prior_log_mean,
-            config.prior_family,
-            config.prior_sigma,
-            config.prior_shape,
-        )
+        family = PRIORS.resolve(config.prior_family)
+        family = bind(family, "prior family", sigma=config.prior_sigma, shape=config.prior_shape)
+        prior = (config.prior_loc, config.prior_log_mean, family)
         self.user_prior = AttentionPrior(dim, *prior)
         self.item_prior = AttentionPrior(dim, *prior)
+        guide = GUIDES.resolve(config.guide_family)
+        self.guide_takes_spread = accepts(guide, "spread")
+        self.guide_family = bind(guide, "guide family", ("spread",), shape=config.guide_shape)
         self.user_norm = nn.LayerNorm(dim)
         self.item_norm = nn.LayerNorm(dim)
         if config.head == "affine":
@@ -130,12 +149,14 @@ class BAMF(nn.Module):
         return self.target_map(self.rows(self.item_embedding.weight, items))
 
     def rows(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``table[index]``: :func:`pyro_bamf.kernels.gather_rows` (same values and gradients,
-        a faster backward) with ``fused_scores`` on CPU, else ``F.embedding``."""
-        fused = self.config.fused_scores and table.device.type == "cpu"
-        if fused and table.dtype == torch.float32 and index.dtype == torch.int64:
-            return kernels.gather_rows(table, index)
-        return nn.functional.embedding(index, table)
+        """``table[index]`` through ``gather_rows``."""
+        return self.gather_rows(table, index)
+
+    def guide_distribution(self, psi: torch.Tensor, spread) -> torch.distributions.Distribution:
+        """The guide family's distribution of mean ``exp(psi)`` and spread ``spread``."""
+        if self.guide_takes_spread:
+            return self.guide_family(psi, spread=spread)
+        return self.guide_family(psi)
 
     def attention_posterior(self, batch: Batch):
         """Guide locations and spreads ``((psi_u, sigma_u), (psi_i, sigma_i))``.
@@ -205,10 +226,11 @@ class BAMF(nn.Module):
         ``exp(psi)``."""
         self.register()
         (psi_user, sigma_user), (psi_item, sigma_item) = self.attention_posterior(batch)
-        family, k, mask = self.config.guide_family, self.config.guide_shape, batch.mask
-        with pyro.plate("groups", mask.shape[0], dim=-1), kl_scaled(kl_scale):
-            pyro.sample("user_scores", guide_site(psi_user, family, sigma_user, k, mask))
-            pyro.sample("item_scores", guide_site(psi_item, family, sigma_item, k, mask))
+        user = self.guide_distribution(psi_user, sigma_user)
+        item = self.guide_distribution(psi_item, sigma_item)
+        with pyro.plate("groups", batch.mask.shape[0], dim=-1), kl_scaled(kl_scale):
+            pyro.sample("user_scores", history_site(user, batch.mask))
+            pyro.sample("item_scores", history_site(item, batch.mask))
 
     def expected_logits(self, batch: Batch) -> torch.Tensor:
         """Logits ``(G, S)`` with each score at its posterior mean ``E[s] = exp(psi)``."""

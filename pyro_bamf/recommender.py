@@ -19,6 +19,7 @@ from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit
 from .distributed import DistributedContext
 from .evaluation import full_ranking_blocks, score_candidates
+from .fastpaths import build_model
 from .metrics import KS, ranking_metrics
 from .model import BAMF
 from .predictive import AttentionSamples, attention_samples, logit_samples, topk_probability
@@ -84,7 +85,7 @@ class BAMFRecommender:
         pyro.set_rng_seed(self.config.seed)
         pyro.clear_param_store()
         self.split = split
-        self.model = BAMF(split.n_users, split.n_items, self.config).to(device)
+        self.model = build_model(split.n_users, split.n_items, self.config, device)
         if loo is None:
             loo = split.candidates("loo", self.config.eval_negatives)
         with pyro.validation_enabled(False):
@@ -290,7 +291,7 @@ class BAMFRecommender:
         except ValueError as err:
             raise CheckpointError(f"checkpoint {path} holds an invalid config: {err}") from None
         rec.split = split
-        rec.model = BAMF(payload["n_users"], payload["n_items"], rec.config).to(rec._device())
+        rec.model = build_model(payload["n_users"], payload["n_items"], rec.config, rec._device())
         try:
             rec.model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:

@@ -38,7 +38,6 @@ from .batch import Batch, groups_per_batch, training_batches
 from .config import BAMFConfig
 from .distributed import DistributedContext
 from .evaluation import ranks_nothing, score_candidates
-from .families import has_analytic_kl
 from .metrics import ranking_metrics
 from .model import BAMF, WEIGHT_SITES
 
@@ -66,31 +65,34 @@ def loss_scales(config: BAMFConfig, batch: Batch, weight: float) -> tuple[float,
     return total / n, total * weight / n
 
 
-class ClosedFormKLELBO:
-    """The loss of ``TraceMeanField_ELBO`` (one particle) for models whose every latent site
-    has a closed-form KL, evaluating only what that loss reads; built on Pyro's public
-    ``poutine`` API.
+class MeanFieldELBO:
+    """The loss of ``TraceMeanField_ELBO`` (one particle) for reparameterised guides, evaluating
+    only what that loss reads; built on Pyro's public ``poutine`` API.
 
-    Pyro evaluates ``log_prob`` at every model site and the score parts of every guide site,
-    then takes the KL in closed form for the latent sites and reads only the observed sites'
-    log-probabilities; here only those are evaluated, and not those of the ``ignored`` sites
-    (``pyro.deterministic`` sites, observed sites whose log-probability is a masked zero), so
-    the loss is bit-identical (tested) and a step ~4 ms cheaper at L = 300. With Pyro's
-    validation on, ``TraceMeanField_ELBO`` itself runs.
+    Each latent site takes its KL in closed form where torch's KL registry has the pair
+    (``kl_divergence``), else the one-draw Monte Carlo estimate ``log q(s) - log p(s)`` at the
+    guide's draw, as ``TraceMeanField_ELBO`` does. Pyro evaluates ``log_prob`` at every model
+    site and the score parts of every guide site; here only the observed sites' and the Monte
+    Carlo sites' log-densities are evaluated, and not those of the ``ignored`` sites
+    (``pyro.deterministic`` sites), so the loss is bit-identical (tested) and a step ~4 ms
+    cheaper at L = 300. With Pyro's validation on, ``TraceMeanField_ELBO`` itself runs.
 
-    After each loss, ``traces`` holds its ``(model_trace, guide_trace)`` and ``kl_sums`` maps
-    every latent site to its unscaled KL sum (detached; ``None`` after a validated loss), so
-    that logging needs neither a second trace nor a second KL.
+    After each loss, ``traces`` holds its ``(model_trace, guide_trace)``, ``kl_sums`` maps every
+    latent site to its unscaled KL sum (detached; ``None`` after a validated loss) and
+    ``kl_methods`` to ``"analytic"`` or ``"monte_carlo"``, so that logging needs neither a
+    second trace nor a second KL.
     """
 
     def __init__(self, ignored: tuple[str, ...] = ()) -> None:
         self.ignored = frozenset(ignored)
         self.traces: tuple | None = None
         self.kl_sums: dict[str, torch.Tensor] | None = None
+        self.kl_methods: dict[str, str] = {}
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``KL(q || p) - E_q[log p(obs | s)]`` of one draw ``s ~ q``, differentiable."""
         self.traces = self.kl_sums = None
+        self.kl_methods = {}
         if is_validation_enabled():
             traced_model, traced_guide = poutine.trace(model), poutine.trace(guide)
             elbo = TraceMeanField_ELBO()
@@ -105,7 +107,7 @@ class ClosedFormKLELBO:
         model_trace.compute_log_prob(
             lambda name, site: site["is_observed"] and self._scored(name, site)
         )
-        elbo, kl_sums = 0, {}
+        elbo, kl_sums, methods = 0, {}, {}
         for name, model_site in model_trace.nodes.items():
             if not self._scored(name, model_site):
                 continue
@@ -113,17 +115,35 @@ class ClosedFormKLELBO:
                 elbo = elbo + model_site["log_prob_sum"]
                 continue
             guide_site = guide_trace.nodes[name]
-            kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+            kl_qp, methods[name] = site_kl(guide_site, model_site)
             kl_sums[name] = kl_qp.detach().sum()
             kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
             elbo = elbo - kl_qp.sum()
         loss = -elbo
-        self.traces, self.kl_sums = (model_trace, guide_trace), kl_sums
+        self.traces, self.kl_sums, self.kl_methods = (model_trace, guide_trace), kl_sums, methods
         return loss
 
     def _scored(self, name: str, site: dict) -> bool:
         """Whether a trace site enters the ELBO: sample sites but the ``ignored`` ones."""
         return site["type"] == "sample" and name not in self.ignored
+
+
+def site_kl(guide_site: dict, model_site: dict) -> tuple[torch.Tensor, str]:
+    """``KL(q || p)`` of a latent site, unscaled, and how it was taken: ``"analytic"`` where
+    torch's KL registry has the pair, else ``"monte_carlo"``, ``log q(s) - log p(s)`` at the
+    guide's draw ``s`` (which must be reparameterised for the gradient)."""
+    q, p = guide_site["fn"], model_site["fn"]
+    try:
+        return kl_divergence(q, p), "analytic"
+    except NotImplementedError:
+        if not q.has_rsample:
+            raise ValueError(
+                f"site {guide_site['name']!r}: KL({type(q).__name__} || {type(p).__name__}) has "
+                "no closed form and the guide family is not reparameterised (has_rsample is "
+                "False): the mean-field ELBO needs one or the other"
+            ) from None
+        value = guide_site["value"]
+        return q.log_prob(value) - p.log_prob(value), "monte_carlo"
 
 
 def make_optimizer(model: nn.Module, config: BAMFConfig) -> torch.optim.Adam:
@@ -140,13 +160,26 @@ def make_optimizer(model: nn.Module, config: BAMFConfig) -> torch.optim.Adam:
 
 
 def make_elbo(config: BAMFConfig):
-    """``TraceMeanField_ELBO`` (analytic KL; :class:`ClosedFormKLELBO` where every KL has a
-    closed form) or ``Trace_ELBO`` (sampled KL)."""
+    """:class:`MeanFieldELBO` (the loss of ``TraceMeanField_ELBO``: closed-form KL where the
+    pair has one) or ``Trace_ELBO`` (sampled KL)."""
     if config.elbo == "trace":
         return Trace_ELBO()
-    if has_analytic_kl(config.guide_family, config.prior_family):
-        return ClosedFormKLELBO(ignored=WEIGHT_SITES)
-    return TraceMeanField_ELBO()
+    return MeanFieldELBO(ignored=WEIGHT_SITES)
+
+
+def kl_method(elbo, model_trace, guide_trace) -> str:
+    """How ``elbo`` took the KL of the latent sites in these traces: ``"analytic"``,
+    ``"monte_carlo"``, or ``"site: method; ..."`` when the sites differ."""
+    if isinstance(elbo, MeanFieldELBO) and elbo.kl_methods:
+        methods = elbo.kl_methods
+    elif isinstance(elbo, (MeanFieldELBO, TraceMeanField_ELBO)):
+        nodes = guide_trace.nodes, model_trace.nodes
+        methods = {name: site_kl(nodes[0][name], nodes[1][name])[1] for name in LATENT_SITES}
+    else:
+        methods = dict.fromkeys(LATENT_SITES, "monte_carlo")
+    if len(set(methods.values())) == 1:
+        return next(iter(methods.values()))
+    return "; ".join(f"{name}: {method}" for name, method in methods.items())
 
 
 @dataclass
@@ -172,7 +205,7 @@ class NegativeELBO(nn.Module):
         self.kl_sums = None
 
     def forward(self, batch: Batch, obs_scale: float, kl_scale: float) -> torch.Tensor:
-        if isinstance(self.elbo, ClosedFormKLELBO):  # it keeps its traces and KL sums
+        if isinstance(self.elbo, MeanFieldELBO):  # it keeps its traces and KL sums
             model, guide = self.model.model, self.model.guide
             loss = self.elbo.differentiable_loss(model, guide, batch, obs_scale, kl_scale)
             self.traces, self.kl_sums = self.elbo.traces, self.elbo.kl_sums
@@ -241,21 +274,15 @@ def step_terms(
     model_trace, guide_trace, batch: Batch, loss: float, kl_sums: dict | None = None
 ) -> StepTerms:
     """Unscaled NLL and KL sums of traced model and guide (closed-form KL where registered);
-    ``kl_sums`` (per latent site, from :class:`ClosedFormKLELBO`) saves computing the KL again."""
+    ``kl_sums`` (per latent site, from :class:`MeanFieldELBO`) saves computing the KL again."""
     obs = model_trace.nodes["obs"]
     log_p = obs.get("unscaled_log_prob")
     nll = -float((obs["fn"].log_prob(obs["value"]) if log_p is None else log_p).sum())
     if kl_sums is not None:
         kl = sum(float(kl_sums[name]) for name in LATENT_SITES)
         return StepTerms(loss, nll, batch.n_examples, kl, 2 * batch.n_valid)
-    kl = 0.0
-    for name in LATENT_SITES:
-        q, p = guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]
-        try:
-            kl += float(kl_divergence(q, p).sum())
-        except NotImplementedError:  # no closed form: the one-sample estimate the ELBO uses
-            value = guide_trace.nodes[name]["value"]
-            kl += float((q.log_prob(value) - p.log_prob(value)).sum())
+    nodes = guide_trace.nodes, model_trace.nodes
+    kl = sum(float(site_kl(nodes[0][name], nodes[1][name])[0].sum()) for name in LATENT_SITES)
     return StepTerms(loss, nll, batch.n_examples, kl, 2 * batch.n_valid)
 
 
@@ -269,6 +296,7 @@ class EpochLog:
     kl_weight: float
     loo_ndcg10: float
     seconds: float
+    kl_method: str = ""  # "analytic", "monte_carlo" (see kl_method); empty in older runs
 
 
 class EarlyStopping:
@@ -430,6 +458,7 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
         )
         ndcg = ranking_metrics(loo.users, loo.labels, scores, ks=(10,), ties=config.ties)
         collapsed = collapsed + 1 if ranks_nothing(loo.users, scores) else 0
+        traces = getattr(objective, "module", objective).traces
         row = EpochLog(
             epoch=epoch,
             nll=float(sums[0] / sums[1]),
@@ -437,6 +466,7 @@ def _fit(model, split, config, loo_candidates, progress, on_epoch, resume, distr
             kl_weight=weight,
             loo_ndcg10=ndcg["ndcg@10"],
             seconds=time.perf_counter() - start,
+            kl_method="" if traces is None else kl_method(elbo, *traces),
         )
         result.history.append(row)
         if stopper.update(epoch, row.loo_ndcg10):

@@ -59,8 +59,10 @@ def test_train_saves_the_resolved_config(run_dir):
 def test_train_writes_one_history_row_per_epoch(run_dir):
     with open(run_dir / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["epoch", "nll", "kl", "kl_weight", "loo_ndcg10", "seconds"]
+    header = ["epoch", "nll", "kl", "kl_weight", "loo_ndcg10", "seconds", "kl_method"]
+    assert list(rows[0]) == header
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {r["kl_method"] for r in rows} == {"analytic"}  # log-normal guide and prior
     assert [float(r["kl_weight"]) for r in rows] == [0.0, 0.01]  # annealed over 100 epochs
     for row in rows:
         assert float(row["nll"]) > 0 and float(row["kl"]) > 0 and float(row["seconds"]) > 0

@@ -7,7 +7,7 @@ import torch
 from pyro import distributions as dist
 from torch.distributions import kl_divergence
 
-from pyro_bamf.distributions import MaskedLogNormal, history_site, lognormal_kl
+from pyro_bamf.distributions import EventSite, MaskedLogNormal, history_site, lognormal_kl
 
 G, S, L = 3, 4, 5
 
@@ -23,7 +23,7 @@ def reference(loc, scale, mask):
     """The chain of Pyro and torch distributions MaskedLogNormal replaces."""
     if isinstance(scale, torch.Tensor):
         loc, scale = torch.broadcast_tensors(loc, scale)
-    return history_site(dist.LogNormal(loc, scale).expand(mask.shape), mask)
+    return EventSite(dist.LogNormal(loc, scale).expand(mask.shape).mask(mask), 2)
 
 
 # locations and spreads as the model passes them: a constant prior (0-dim loc, float scale),
@@ -140,3 +140,16 @@ def test_bad_shapes_and_parameters_are_named():
     site = MaskedLogNormal(torch.zeros(G, S, L), 1.0, mask, validate_args=True)
     with pytest.raises(ValueError, match="support"):
         site.log_prob(-torch.ones(G, S, L))
+
+
+def test_history_site_makes_a_lognormal_one_masked_lognormal_keeping_a_number_a_number():
+    mask = random_mask(4)
+    loc = torch.randn(G, 1, L)
+    site = history_site(dist.LogNormal(loc, 0.1), mask)  # what a lognormal family returns
+    assert isinstance(site, MaskedLogNormal) and site.mask is mask
+    assert site.scale.dim() == 0 and float(site.scale) == pytest.approx(0.1)
+    assert site.loc.shape == mask.shape and site.loc.stride()[1] == 0  # a view, not a copy
+    value = site.sample()
+    torch.testing.assert_close(site.log_prob(value), reference(loc, 0.1, mask).log_prob(value))
+    other = history_site(dist.Gamma(torch.full((G, 1, L), 2.0), 3.0), mask)
+    assert isinstance(other, EventSite) and other.batch_shape == (G,)

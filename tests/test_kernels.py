@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pyro_bamf import atomic, kernels
-from pyro_bamf.attention import ScoreNetwork
 
 K = 8
 
@@ -145,45 +144,6 @@ def test_results_do_not_depend_on_the_number_of_threads(kind):
         assert torch.equal(one, three)
 
 
-@pytest.mark.parametrize("kind", ["concat", "prod"])
-def test_score_network_fused_path_equals_eager_path_without_dropout(kind):
-    torch.manual_seed(3)
-    eager = ScoreNetwork(K, kind, dropout=0.2, outputs=2)
-    fused = ScoreNetwork(K, kind, dropout=0.2, outputs=2, fused=True)
-    fused.load_state_dict(eager.state_dict())
-    eager.eval(), fused.eval()  # autograd on, no dropout: both paths are deterministic
-    item_side = (torch.randn(4, 3, K), torch.randn(4, 1, 9, K))
-    user_side = (torch.randn(4, K), torch.randn(4, 9, K))
-    for query, keys in (item_side, user_side):
-        want = eager(query, keys)
-        got = fused(query, keys)
-        assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        grad = torch.randn_like(want)
-        for a, b in zip(
-            torch.autograd.grad(got, list(fused.parameters()), grad),
-            torch.autograd.grad(want, list(eager.parameters()), grad),
-            strict=True,
-        ):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("kind", ["concat", "prod"])
-def test_score_network_fused_dropout_is_inverted_and_seeded_by_torch(kind):
-    net = ScoreNetwork(K, kind, dropout=0.4, fused=True)
-    query, keys = torch.randn(2000, 3, K), torch.randn(2000, 1, 5, K)
-    net.eval()
-    plain = net(query[:1], keys[:1]).detach()
-    net.train()
-    torch.manual_seed(5)
-    first = net(query[:1].expand(2000, 3, K), keys[:1].expand(2000, 1, 5, K)).detach()
-    torch.manual_seed(5)
-    again = net(query[:1].expand(2000, 3, K), keys[:1].expand(2000, 1, 5, K)).detach()
-    assert torch.equal(first, again)  # torch's generator fixes the mask
-    assert not torch.equal(first[0], first[1])  # every pair draws its own mask
-    torch.testing.assert_close(first.mean(0, keepdim=True), plain, atol=0.05, rtol=0)
-
-
 def test_bad_inputs_are_refused_with_the_problem_named():
     tensors = leaves(2, 3, 4, 1)
     with pytest.raises(ValueError, match="float32 CPU"):
@@ -303,13 +263,13 @@ def test_unusable_kernel_cache_is_named_with_the_way_on(monkeypatch, tmp_path):
 
 
 def test_failed_compilation_of_the_evaluation_scores_names_compile_eval(monkeypatch):
-    from pyro_bamf import attention
+    from pyro_bamf import fastpaths
 
     def compiled(*args):
         raise RuntimeError("no working C++ compiler\nthe compiler's own lines")
 
-    monkeypatch.setattr(attention, "compiled_eval_scores", lambda: compiled)
-    net = ScoreNetwork(K, "concat", dropout=0.2, compiled=True).eval()
+    monkeypatch.setattr(fastpaths, "compiled", lambda function: compiled)
+    net = fastpaths.FastScoreNetwork(K, "concat", dropout=0.2, compiled=True).eval()
     with torch.no_grad(), pytest.raises(kernels.KernelUnavailableError) as info:
         net(torch.randn(3, K), torch.randn(3, 7, K))
     message = str(info.value)
