@@ -41,8 +41,10 @@ PAIRS = {
                       "prior_shape": GAMMA_SHAPE},
     "weibull/exponential": {"guide_family": "weibull", "prior_family": "exponential"},
     "lognormal/halfnormal": {"prior_family": "halfnormal"},
+    # a user-defined prior (docs/extending.md): a two-component log-normal mixture
+    "lognormal/lognormal_mixture": {"prior_family": "extending:lognormal_mixture"},
 }  # fmt: skip
-DEFAULT_PAIRS = list(PAIRS)[:4]
+DEFAULT_PAIRS = [*list(PAIRS)[:4], "lognormal/lognormal_mixture"]
 
 
 def last_kl_method(history: Path) -> str:

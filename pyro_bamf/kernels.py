@@ -93,13 +93,13 @@ def cxx_compiler() -> str:
 
 def check_build_tools(config, device: torch.device) -> None:
     """Fail before any training if a tool that ``config`` needs on ``device`` is unusable (CPU
-    only): load (else build) the kernel libraries of ``fused_scores`` (its score function's
-    and the ``concat`` one, whose row gather the embeddings use), and find a C++ compiler for
-    ``compile_eval``."""
+    only): load (else build) the kernel libraries of ``fused_scores`` (a built-in score
+    network's and the ``concat`` one, whose row gather the embeddings use), and find a C++
+    compiler for ``compile_eval``."""
     if device.type != "cpu":
         return
     if config.fused_scores:
-        for kind in dict.fromkeys((config.score_fn, "concat")):
+        for kind in dict.fromkeys((config.score_fn, "concat")).keys() & SOURCES.keys():
             library(config.embedding_dim, kind)
     if config.compile_eval:
         cxx_compiler()
