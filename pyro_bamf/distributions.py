@@ -47,16 +47,17 @@ def history_site(distribution, mask: torch.Tensor) -> dist.TorchDistribution:
     """``distribution.expand(mask.shape).mask(mask).to_event(2)``: a ``(G, S, L)`` attention
     site of batch ``(G,)`` and event ``(S, L)``.
 
-    ``distribution``'s batch shape broadcasts to ``mask.shape``; its parameters are computed
-    before the broadcast, so a constant prior or the user-side guide ``(G, 1, L)`` stays a
-    stride-0 view. A ``LogNormal`` becomes a :class:`MaskedLogNormal` (the same distribution as
-    one object, with the registered masked KL).
+    ``distribution`` (Pyro's or torch's) has a batch shape that broadcasts to ``mask.shape``;
+    its parameters are computed before the broadcast, so a constant prior or the user-side
+    guide ``(G, 1, L)`` stays a stride-0 view. A ``LogNormal`` becomes a
+    :class:`MaskedLogNormal` (the same distribution as one object, with the registered masked
+    KL).
     """
-    if type(distribution) is dist.LogNormal:
+    if type(distribution) in (dist.LogNormal, torch.distributions.LogNormal):
         return MaskedLogNormal(distribution.loc, distribution.scale, mask)
     if distribution.batch_shape != mask.shape:
         distribution = distribution.expand(mask.shape)
-    return EventSite(distribution.mask(mask), 2)
+    return EventSite(dist.MaskedDistribution(distribution, mask), 2)
 
 
 def _one_value(values: torch.Tensor) -> torch.Tensor:

@@ -153,3 +153,8 @@ def test_history_site_makes_a_lognormal_one_masked_lognormal_keeping_a_number_a_
     torch.testing.assert_close(site.log_prob(value), reference(loc, 0.1, mask).log_prob(value))
     other = history_site(dist.Gamma(torch.full((G, 1, L), 2.0), 3.0), mask)
     assert isinstance(other, EventSite) and other.batch_shape == (G,)
+    # torch's own distributions, as a user's family may return them
+    plain = history_site(torch.distributions.Gamma(torch.full((G, 1, L), 2.0), 3.0), mask)
+    draw = other.sample()
+    torch.testing.assert_close(plain.log_prob(draw), other.log_prob(draw))
+    assert isinstance(history_site(torch.distributions.LogNormal(loc, 0.1), mask), MaskedLogNormal)
