@@ -41,7 +41,8 @@ def keep_mask(seed: int, shape: torch.Size, threshold: int, device=None) -> torc
     below ``threshold`` (keep probability ``threshold / 2^16``).
 
     A pure function of the seed, so that the score network and its C kernels
-    (:mod:`pyro_bamf.kernels`) draw the same mask from the same seed.
+    (:mod:`pyro_bamf.kernels`) draw the same mask from the same seed. It holds up to three int64
+    tensors of ``shape`` at once (the kernels draw it inline, without them).
     """
     index = torch.arange(math.prod(shape), dtype=torch.int64, device=device) & _WORD
     x = ((_times(index, 0x9E3779B9) + (seed & _WORD)) & _WORD) ^ ((seed >> 32) & _WORD)
@@ -147,6 +148,9 @@ def concat_network(dim: int, outputs: int = 1, dropout: float = 0.0) -> ScoreNet
 def prod_network(dim: int, outputs: int = 1, dropout: float = 0.0) -> ScoreNetwork:
     """NAIS ``prod``: ``A = W (q * k) + b``."""
     return ScoreNetwork(dim, "prod", dropout, outputs)
+
+
+BUILT_IN_NETWORKS = {concat_network: "concat", prod_network: "prod"}  # factory -> kind
 
 
 class GuideSpread(nn.Module):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .attention import SCORE_NETWORKS
-from .families import GUIDES, PRIORS
+from .families import GUIDES, PRIORS, weibull_prior
 from .registry import RegistryError, accepts
 
 CHOICES = {
@@ -176,7 +176,8 @@ class BAMFConfig:
         group.check(
             "batch_size", self.batch_size, f"{self.group_size} (one positive and its negatives)"
         )
-        if self.prior_family == "weibull" and self.prior_shape > MAX_WEIBULL_PRIOR_SHAPE:
+        weibull = PRIORS.resolve(self.prior_family) is weibull_prior
+        if weibull and self.prior_shape > MAX_WEIBULL_PRIOR_SHAPE:
             raise ConfigError(
                 f"a Weibull prior needs prior_shape <= {MAX_WEIBULL_PRIOR_SHAPE:g}, got "
                 f"{self.prior_shape!r}: its density's (s / scale)^k at the guide's draws "
@@ -188,6 +189,13 @@ class BAMFConfig:
             raise ConfigError(
                 f"guide_spread = 'learned' needs a guide family that takes a spread; "
                 f"{self.guide_family!r} does not"
+            )
+        if self.guide_spread == "learned" and not accepts(
+            SCORE_NETWORKS.resolve(self.score_fn), "outputs"
+        ):
+            raise ConfigError(
+                "guide_spread = 'learned' needs a score network that takes outputs (it returns "
+                f"(..., L, 2): psi and the raw spread); {self.score_fn!r} does not"
             )
         if self.guide_spread == "learned" and self.guide_sigma <= 1e-3:
             raise ConfigError("a learned guide spread starts at guide_sigma, which must be > 1e-3")

@@ -53,6 +53,11 @@ def history_site(distribution, mask: torch.Tensor) -> dist.TorchDistribution:
     :class:`MaskedLogNormal` (the same distribution as one object, with the registered masked
     KL).
     """
+    if distribution.event_shape:
+        raise ValueError(
+            f"a family's distribution must draw one score per slot (event_shape ()), got "
+            f"{type(distribution).__name__} of event_shape {tuple(distribution.event_shape)}"
+        )
     if type(distribution) in (dist.LogNormal, torch.distributions.LogNormal):
         return MaskedLogNormal(distribution.loc, distribution.scale, mask)
     if distribution.batch_shape != mask.shape:

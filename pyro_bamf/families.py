@@ -31,7 +31,8 @@ Modules (Fan et al., NeurIPS 2020)::
 (``g`` Euler's constant, ``G`` the gamma function, ``b`` the rate), and
 ``KL(Weibull || Exponential)`` as its ``a = 1`` case. Whether a pair has a closed form is
 torch's KL registry's answer for the run's own distributions
-(:func:`pyro_bamf.training.kl_methods`); other pairs take the one-draw Monte Carlo KL.
+(:func:`pyro_bamf.training.site_kl`); other pairs take the one-draw Monte Carlo KL, and
+``history.csv`` says which (``kl_method``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def weibull_guide(psi: torch.Tensor, shape: float) -> dist.Weibull:
     """``Weibull(scale = exp(psi) / G(1 + 1/k), k)``, ``k = shape`` (it sets the spread)."""
     scale = psi.exp() / math.gamma(1.0 + 1.0 / shape)
     return dist.Weibull(scale, torch.full_like(psi, shape))
+
+
+BUILT_IN_PRIORS, BUILT_IN_GUIDES = PRIORS.names, GUIDES.names
 
 
 @register_kl(torch.distributions.Weibull, torch.distributions.Gamma)

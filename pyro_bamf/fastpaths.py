@@ -23,21 +23,20 @@ import torch
 from torch import nn
 
 from . import kernels
-from .attention import FULL_KEEP, ScoreNetwork, squeeze_outputs
+from .attention import BUILT_IN_NETWORKS, FULL_KEEP, SCORE_NETWORKS, ScoreNetwork, squeeze_outputs
 from .config import BAMFConfig
 from .model import BAMF, embedding_rows
-
-BUILT_IN_NETWORKS = ("concat", "prod")
 
 
 def model_options(config: BAMFConfig, device: torch.device | str) -> dict:
     """The :class:`~pyro_bamf.model.BAMF` keyword arguments of the fast implementations that
-    ``config`` enables on ``device`` (none for a user's score network)."""
+    ``config`` enables on ``device`` (none for a user's score network, whatever its name)."""
     fused = config.fused_scores and torch.device(device).type == "cpu"
+    kind = BUILT_IN_NETWORKS.get(SCORE_NETWORKS.resolve(config.score_fn))
     options = {}
-    if config.score_fn in BUILT_IN_NETWORKS and (fused or config.compile_eval):
+    if kind is not None and (fused or config.compile_eval):
         options["score_network"] = functools.partial(
-            FastScoreNetwork, kind=config.score_fn, fused=fused, compiled=config.compile_eval
+            FastScoreNetwork, kind=kind, fused=fused, compiled=config.compile_eval
         )
     if fused:
         options["gather_rows"] = fast_rows
@@ -63,7 +62,8 @@ def fast_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def kernel_layout(query: torch.Tensor, keys: torch.Tensor) -> tuple[int, int] | None:
     """``(G, S)`` when the kernels compute this call as ``G`` groups of ``S`` queries sharing
     ``L`` keys: float32 CPU tensors whose key batch axes equal the query's (``S = 1``) or the
-    query's with a last axis of 1 (keys shared along it); else ``None``."""
+    query's with a last axis of 1 (keys shared along it), with fewer than ``2^32`` pair
+    features (the kernels' element index); else ``None``."""
     tensors = (query, keys)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
@@ -74,7 +74,8 @@ def kernel_layout(query: torch.Tensor, keys: torch.Tensor) -> tuple[int, int] | 
         layout = (math.prod(batch[:-1]), batch[-1])
     else:
         return None
-    return layout if layout[0] > 0 and keys.shape[-2] > 0 else None
+    pair_features = math.prod(layout) * keys.shape[-2] * keys.shape[-1]
+    return layout if 0 < pair_features < 2**32 else None
 
 
 class FastScoreNetwork(ScoreNetwork):

@@ -99,7 +99,7 @@ def check_build_tools(config, device: torch.device) -> None:
     if device.type != "cpu":
         return
     if config.fused_scores:
-        for kind in dict.fromkeys((config.score_fn, "concat")).keys() & SOURCES.keys():
+        for kind in {config.score_fn, "concat"} & SOURCES.keys():
             library(config.embedding_dim, kind)
     if config.compile_eval:
         cxx_compiler()

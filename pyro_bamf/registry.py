@@ -33,7 +33,8 @@ class Registry:
     def register(self, name: str, factory: Callable | None = None, replace: bool = False):
         """Register ``factory`` under ``name`` (as a decorator when ``factory`` is omitted).
 
-        An existing name keeps its factory unless ``replace`` is set.
+        An existing name keeps its factory unless ``replace`` is set, or the new one has the
+        same import path (a module imported again, a notebook cell run again).
         """
         if factory is None:
             return functools.partial(self.register, name, replace=replace)
@@ -42,7 +43,8 @@ class Registry:
         if not callable(factory):
             raise RegistryError(f"the {self.kind} {name!r} must be callable, got {factory!r}")
         known = self._factories.get(name)
-        if known is not None and known is not factory and not replace:
+        same = known is factory or (known is not None and _path_of(known) == _path_of(factory))
+        if known is not None and not same and not replace:
             raise RegistryError(
                 f"{self.kind} {name!r} is already registered ({_path_of(known)}); pass "
                 "replace=True to replace it"
@@ -73,24 +75,28 @@ class Registry:
 
     def name_of(self, spec: str | Callable) -> str:
         """The name that records ``spec`` in a configuration: a name or import path as given
-        (checked), else the object's registered name, else its import path."""
+        (checked); for an object, a built-in's registered name, else its import path (which any
+        process can import), else (defined in ``__main__``) its registered name."""
         if isinstance(spec, str):
             self.resolve(spec)
             return spec
-        for name, factory in self._factories.items():
-            if factory is spec:
-                return name
+        names = [name for name, factory in self._factories.items() if factory is spec]
         path = _path_of(spec)
+        if names and path.startswith("pyro_bamf."):
+            return names[0]
         try:
-            found = self._imported(path)
+            found = None if path.startswith("__main__:") else self._imported(path)
         except RegistryError:
             found = None
-        if found is not spec:
-            raise RegistryError(
-                f"the {self.kind} {path} cannot be recorded for save, load and resume: "
-                f"register it with {self.register_with}(name, factory), or define it at the "
-                "top level of an importable module"
-            )
+        if found is spec:
+            return path
+        if names:
+            return names[0]
+        raise RegistryError(
+            f"the {self.kind} {path} cannot be recorded for save, load and resume: "
+            f"register it with {self.register_with}(name, factory), or define it at the "
+            "top level of an importable module"
+        )
         return path
 
     def _imported(self, path: str) -> Callable:
@@ -109,6 +115,9 @@ class Registry:
 
 
 def _path_of(factory: Callable) -> str:
+    """``"module:qualified.name"`` of ``factory`` (of its function, for a partial)."""
+    if isinstance(factory, functools.partial):
+        return f"functools.partial({_path_of(factory.func)})"
     module = getattr(factory, "__module__", None) or "?"
     name = getattr(factory, "__qualname__", None) or type(factory).__qualname__
     return f"{module}:{name}"
@@ -138,9 +147,12 @@ def bind(factory: Callable, kind: str, at_call: tuple[str, ...] = (), **availabl
     parameters = _parameters(factory)
     if parameters is None:
         return factory
+    bound = factory.keywords if isinstance(factory, functools.partial) else {}  # kept as bound
+    available = {key: value for key, value in available.items() if key not in bound}
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return functools.partial(factory, **available)
-    named = (p for p in parameters[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = (p for p in parameters[1:] if p.kind in keywords and p.name not in bound)
     chosen, missing = {}, []
     for parameter in named:
         if parameter.name in available:
@@ -150,7 +162,7 @@ def bind(factory: Callable, kind: str, at_call: tuple[str, ...] = (), **availabl
     if missing:
         raise RegistryError(
             f"the {kind} {_path_of(factory)} requires {', '.join(missing)}, which BAMF does not "
-            f"supply (it supplies {', '.join(available)}): give a default or bind it with "
-            "functools.partial"
+            f"supply (it supplies {', '.join(available)}): give it a default, or register a "
+            "functools.partial that binds it"
         )
     return functools.partial(factory, **chosen)

@@ -26,7 +26,9 @@ from pathlib import Path
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
+from pyro_bamf.attention import BUILT_IN_NETWORKS
 from pyro_bamf.config import CHOICES, RANGES, BAMFConfig, ConfigError
+from pyro_bamf.families import BUILT_IN_GUIDES, BUILT_IN_PRIORS
 from pyro_bamf.runs import train_run
 
 DATA = "synthetic:n_users=12,n_items=40,mean_interactions=8,seed=1"
@@ -36,6 +38,11 @@ AT_BOUND = {"embedding_dim": [4096], "eval_negatives": [], "train_negatives": []
 OUTSIDE = [-(2**70), -(2**63), -1, 0, 2**32, 2**63 - 1, 2**70]
 OUTSIDE_FLOAT = [-1e300, -1.0, 0.0, 1e-300, 1e-45, 3.5e38, 1e300, math.inf, math.nan]
 EXAMPLES = int(os.environ.get("BAMF_CONFIG_EXAMPLES", 400))
+NAMED = {  # the registries' built-in names (users' own are not searched)
+    "score_fn": tuple(BUILT_IN_NETWORKS.values()),
+    "prior_family": BUILT_IN_PRIORS,
+    "guide_family": BUILT_IN_GUIDES,
+}
 # Found by longer runs (3,000 examples): a Weibull prior of shape 100, then of shape 10 at
 # log-mean -10, overflowed the Monte Carlo KL at the first step with the KL at full weight.
 FOUND = [
@@ -65,16 +72,18 @@ def numeric(key: str) -> st.SearchStrategy:
 @st.composite
 def configurations(draw) -> dict:
     """Up to ten keys changed from the defaults (corners of several ranges at once): numbers
-    from :func:`numeric`, choices from :data:`CHOICES` (``device`` stays on the CPU)."""
+    from :func:`numeric`, choices from :data:`CHOICES` and the registries' built-in names
+    (``device`` stays on the CPU)."""
+    choices = {**CHOICES, **NAMED}
     numbers = [key for key in RANGES if key != "max_epochs"]
-    keys = [*numbers, *(k for k in CHOICES if k != "device"), "fused_scores", "pyro_validation"]
+    keys = [*numbers, *(k for k in choices if k != "device"), "fused_scores", "pyro_validation"]
     chosen = draw(st.permutations(keys))[: draw(st.integers(1, 10))]
     values = {}
     for key in chosen:
         if key in RANGES:
             values[key] = draw(numeric(key))
-        elif key in CHOICES:
-            values[key] = draw(st.sampled_from(CHOICES[key]))
+        elif key in choices:
+            values[key] = draw(st.sampled_from(choices[key]))
         else:
             values[key] = draw(st.booleans())
     return values

@@ -11,10 +11,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
-from pyro_bamf import BAMFConfig, BAMFRecommender, CheckpointError, ConfigError, register_prior
+from pyro_bamf import (
+    BAMF,
+    BAMFConfig,
+    BAMFRecommender,
+    CheckpointError,
+    ConfigError,
+    register_prior,
+)
 from pyro_bamf import runs as runs_module
 from pyro_bamf.families import PRIORS
 from pyro_bamf.registry import RegistryError
@@ -51,7 +59,7 @@ def test_recipe_prior_a_lognormal_mixture_of_the_prior_mean(recipes, tmp_path):
     mixture = recipes.lognormal_mixture(log_mean, sigma=1.0)
     torch.testing.assert_close(mixture.mean, log_mean.exp())
     config = small(prior_family=recipes.lognormal_mixture)
-    assert config.prior_family == "lognormal_mixture"  # recorded by its registered name
+    assert config.prior_family == "extending:lognormal_mixture"  # any process can import it
     recommender, history = fitted(config)
     assert [row.kl_method for row in history] == ["monte_carlo"]  # no closed-form KL
     assert recommender.model.user_prior.family.func is recipes.lognormal_mixture
@@ -68,7 +76,8 @@ def test_recipe_guide_a_gamma_of_mean_exp_psi_with_a_learned_spread(recipes):
     torch.testing.assert_close(guide.mean, psi.exp())
     torch.testing.assert_close(guide.stddev / guide.mean, spread)
     config = small(guide_family=recipes.gamma_guide, guide_spread="learned")
-    assert config.guide_family == "gamma"
+    assert config.guide_family == "extending:gamma_guide"
+    assert small(guide_family="gamma").guide_family == "gamma"  # a name stays as given
     recommender, history = fitted(config)
     assert [row.kl_method for row in history] == ["monte_carlo"]
     spread_row = recommender.model.user_scorer.out.weight[1]
@@ -78,13 +87,14 @@ def test_recipe_guide_a_gamma_of_mean_exp_psi_with_a_learned_spread(recipes):
 @pytest.mark.parametrize("spread", ["fixed", "learned"])
 def test_recipe_score_network_an_mlp_runs_in_training_and_evaluation(recipes, spread):
     config = small(score_fn=recipes.MLPScores, guide_spread=spread)
-    assert config.score_fn == "mlp"
-    torch.manual_seed(config.seed)
-    initial = recipes.MLPScores(8, outputs=2 if spread == "learned" else 1)
+    assert config.score_fn == "extending:MLPScores"
+    split = build_split(config)
+    pyro.set_rng_seed(config.seed)  # as fit seeds the model it builds
+    initial = BAMF(split.n_users, split.n_items, config).user_scorer.layers[0].weight.detach()
     recommender, _ = fitted(config)
     scorer = recommender.model.user_scorer
     assert type(scorer) is recipes.MLPScores  # no fast path replaces a user's network
-    assert not torch.equal(scorer.layers[0].weight, initial.layers[0].weight)  # it trained
+    assert not torch.equal(scorer.layers[0].weight, initial)  # it trained
     metrics = recommender.evaluate()
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
 

@@ -16,7 +16,7 @@ from pyro_bamf import BAMF, BAMFConfig, Batch
 from pyro_bamf.data import ImplicitSplit, make_synthetic
 from pyro_bamf.families import GUIDES, PRIORS
 from pyro_bamf.registry import bind
-from pyro_bamf.training import loss_scales, make_elbo, svi_step
+from pyro_bamf.training import NegativeELBO, kl_method, loss_scales, make_elbo, svi_step
 
 ANALYTIC = {("lognormal", "lognormal"), ("weibull", "gamma"), ("weibull", "exponential")}
 BUILT_IN_PRIORS = ("lognormal", "gamma", "weibull", "halfnormal", "exponential")
@@ -120,9 +120,13 @@ def test_every_family_pair_takes_a_finite_svi_step(tiny_split, guide, prior, elb
     labels[:, 0] = 1.0
     batch = Batch.build(users, items, tiny_split.history_items, tiny_split.history_lengths, labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    elbo_loss = make_elbo(config)
+    objective = NegativeELBO(model, elbo_loss)
+    scales = loss_scales(config, batch, 1.0)
     with pyro.validation_enabled(False):
-        terms = svi_step(
-            model, make_elbo(config), optimizer, batch, *loss_scales(config, batch, 1.0)
-        )
+        terms = svi_step(model, elbo_loss, optimizer, batch, *scales, objective=objective)
     assert math.isfinite(terms.loss) and math.isfinite(terms.kl) and terms.kl != 0.0
     assert all(p.grad is not None for p in model.user_scorer.parameters())
+    analytic = elbo == "meanfield" and (guide, prior) in ANALYTIC
+    method = kl_method(elbo_loss, *objective.traces)  # what history.csv records
+    assert method == ("analytic" if analytic else "monte_carlo")

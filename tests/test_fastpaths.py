@@ -46,13 +46,16 @@ def test_the_kernels_draw_the_definitions_dropout_mask():
 @pytest.mark.parametrize("kind", ["concat", "prod"])
 @pytest.mark.parametrize(("query_shape", "key_shape"), LAYOUTS)
 def test_kernel_path_equals_the_definition_on_the_same_dropout_mask(
-    kind, outputs, query_shape, key_shape
+    kind, outputs, query_shape, key_shape, monkeypatch
 ):
     """Training mode, dropout 0.4: the same seed from the same generator state, hence the same
     mask; values and the gradients of every parameter and input agree."""
     torch.manual_seed(0)
     definition, fused = pair(kind, 0.4, outputs)
     assert kernel_layout(torch.randn(query_shape), torch.randn(key_shape)) is not None
+    calls = []
+    kernel = getattr(kernels, f"{kind}_scores")
+    monkeypatch.setattr(kernels, f"{kind}_scores", lambda *a: calls.append(a[-2:]) or kernel(*a))
     runs = []
     for net in (definition, fused):
         query = torch.randn(query_shape, generator=torch.Generator().manual_seed(1))
@@ -75,6 +78,7 @@ def test_kernel_path_equals_the_definition_on_the_same_dropout_mask(
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (want != definition.eval()(*[t.detach() for t in (query, keys)])).any()  # it dropped
+    assert len(calls) == 1 and calls[0][1] == fused.dropout.threshold  # the kernel ran, dropping
 
 
 def test_calls_the_kernels_do_not_cover_run_the_definition():
@@ -118,8 +122,13 @@ def test_model_options_choose_from_the_config_and_the_device():
     compiled = model_options(config.replace(score_fn="prod", compile_eval=True), "cuda")
     assert compiled["score_network"].keywords == {"kind": "prod", "fused": False, "compiled": True}
     register_score_network("concat_copy", concat_network, replace=True)
-    users = config.replace(score_fn="concat_copy")
-    assert "score_network" not in model_options(users, "cpu")  # a user's network runs as written
+    copy = model_options(config.replace(score_fn="concat_copy"), "cpu")  # the built-in factory
+    assert copy["score_network"].keywords["kind"] == "concat"
+    try:  # a user's network runs as written, even under a built-in's name
+        register_score_network("concat", torch.nn.Bilinear, replace=True)
+        assert "score_network" not in model_options(config, "cpu")
+    finally:
+        register_score_network("concat", concat_network, replace=True)
 
 
 def test_the_fast_model_is_the_same_model():

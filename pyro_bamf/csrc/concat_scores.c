@@ -10,7 +10,7 @@
  * No (pair, K) tensor is ever stored: the backward pass recomputes A, n, h and the dropout mask
  * from the inputs and the seed. The mask of element e = pair * K + k keeps it when the top 16
  * bits of lowbias32(e * golden + seed_lo ^ seed_hi) fall below `threshold` (keep probability
- * threshold / 2^16, the resolution of pyro_bamf.attention.dropout_keep_mask).
+ * threshold / 2^16, the resolution of pyro_bamf.attention.keep_mask).
  *
  * Compiled with -DDIM=K. Groups g0 <= g < g1 are one call's share; each call writes its own
  * rows of the outputs and its own partial parameter gradients, so calls run in parallel.
