@@ -1,5 +1,5 @@
 """Command line: ``pyro-bamf data fetch|describe``, ``train``, ``evaluate``, ``explain``,
-``calibrate``."""
+``calibrate``, ``uncertainty``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import json
 import signal
 import sys
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
 from .kernels import KernelUnavailableError
-from .runs import evaluate_run, explain_user, load_run, train_run
+from .runs import evaluate_run, explain_user, load_run, train_run, write_text
 from .training import TrainingCollapsed
 
 
@@ -118,6 +120,54 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uncertainty(args: argparse.Namespace) -> int:
+    import time
+
+    from . import views
+    from .runs import evaluation_pool
+    from .uncertainty import first_positives, uncertainty_report
+
+    out = Path(args.out or args.run)
+    report_path = out / "uncertainty.json"
+    if report_path.exists() and not args.overwrite:
+        raise ValueError(f"{report_path} exists: pass --overwrite to replace it")
+    if args.positives < 0:
+        raise ValueError(f"--positives must be >= 0 (0: all), got {args.positives}")
+    if args.samples < 2:
+        raise ValueError(f"--samples must be >= 2 (a paired t-test over draws), got {args.samples}")
+    rec = load_run(args.run)
+    pool = evaluation_pool(rec.config, rec.split)
+    if pool is None:
+        raise ValueError("the run evaluates by full ranking; the uncertainty suite needs a pool")
+    if args.positives:
+        pool = first_positives(pool, args.positives)
+    start = time.perf_counter()
+    report = uncertainty_report(
+        rec.model, rec.split, pool, args.samples, width_users=args.width_users,
+        seed=rec.config.seed, ties=rec.config.ties,
+    )  # fmt: skip
+    report["seconds"] = time.perf_counter() - start
+    report["positives_per_user"] = args.positives or "all"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "reliability.png": views.plot_reliability(
+            {key: np.array(value) for key, value in report.pop("bins").items()},
+            report["calibration"],
+        ),
+        "rejection.png": views.plot_rejection(report["rejection"]),
+        "width_history.png": views.plot_width_history(
+            **report.pop("width_history"),
+            rho=report["attention"]["spearman_width_log_history"],
+        ),
+    }
+    for name, fig in figures.items():
+        views.save(fig, out / name)
+    write_text(report_path, json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"wrote {report_path} and {', '.join(figures)} in {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-bamf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--bins", type=int, default=15, help="reliability bins")
     calibrate.add_argument("--plot", help="also write a reliability diagram (.png or .svg)")
     calibrate.set_defaults(func=_calibrate)
+
+    uncertainty = commands.add_parser(
+        "uncertainty",
+        help="judge the posterior's uncertainty on the test pool (FCP, AUROC, PAvPU, ECE@10, ...)",
+    )
+    uncertainty.add_argument("--run", required=True, help="run directory written by train")
+    uncertainty.add_argument("--samples", type=int, default=200, help="posterior draws per user")
+    uncertainty.add_argument(
+        "--positives", type=int, default=1,
+        help="each user's first N test positives with their negatives (0: the whole pool)",
+    )  # fmt: skip
+    uncertainty.add_argument(
+        "--width-users", type=int, help="users whose attention width is measured (default all)"
+    )
+    uncertainty.add_argument("--out", help="folder for uncertainty.json and figures (the run's)")
+    uncertainty.add_argument("--overwrite", action="store_true", help="replace uncertainty.json")
+    uncertainty.set_defaults(func=_uncertainty)
     return parser
 
 

@@ -35,6 +35,19 @@ def ranking_metrics(
     ``users, labels, scores (N,)``; users without a positive candidate are left out (a user
     with no relevant item has no defined recall or NDCG). Raises on NaN scores or no positives.
     """
+    _, values = per_user_metrics(users, labels, scores, ks, ties)
+    return {name: float(np.mean(column)) for name, column in values.items()}
+
+
+def per_user_metrics(
+    users: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    ks: tuple[int, ...] = KS,
+    ties: str = "pessimistic",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each metric at each ``k`` for each user with a positive candidate: the sorted user ids
+    ``(U,)`` and ``{"hr@10": (U,), ...}`` (what :func:`ranking_metrics` averages)."""
     users = np.asarray(users)
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -52,7 +65,7 @@ def ranking_metrics(
     tie_key = labels if ties == "pessimistic" else -labels
     order = np.lexsort((tie_key, -scores, users))
     users, rel = users[order], labels[order]
-    _, starts, user_index, counts = np.unique(
+    ids, starts, user_index, counts = np.unique(
         users, return_index=True, return_inverse=True, return_counts=True
     )
     rank = np.arange(len(users)) - np.repeat(starts, counts)
@@ -64,16 +77,16 @@ def ranking_metrics(
     cum_hits -= np.repeat(cum_hits[starts] - rel[starts], counts)
     discount = 1.0 / np.log2(np.arange(2, max(len(users), max(ks, default=1)) + 2))
     ideal = np.cumsum(discount)
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         top = rel * (rank < k)
         hits = np.bincount(user_index, weights=top)[keep]
         dcg = np.bincount(user_index, weights=top * discount[rank])[keep]
         ap = np.bincount(user_index, weights=top * cum_hits / (rank + 1))[keep]
         depth = np.minimum(k, n_pos[keep]).astype(np.int64)
-        out[f"hr@{k}"] = float(np.mean(hits > 0))
-        out[f"precision@{k}"] = float(np.mean(hits / k))
-        out[f"recall@{k}"] = float(np.mean(hits / n_pos[keep]))
-        out[f"map@{k}"] = float(np.mean(ap / depth))
-        out[f"ndcg@{k}"] = float(np.mean(dcg / ideal[depth - 1]))
-    return out
+        out[f"hr@{k}"] = (hits > 0).astype(np.float64)
+        out[f"precision@{k}"] = hits / k
+        out[f"recall@{k}"] = hits / n_pos[keep]
+        out[f"map@{k}"] = ap / depth
+        out[f"ndcg@{k}"] = dcg / ideal[depth - 1]
+    return ids[keep], out

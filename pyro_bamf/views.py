@@ -115,6 +115,34 @@ def plot_reliability(bins: Mapping[str, np.ndarray], metrics: Mapping[str, float
     return fig
 
 
+def plot_rejection(curves: Mapping[str, list]) -> Figure:
+    """Accuracy-rejection curves (:func:`pyro_bamf.uncertainty.rejection_curve`): each metric
+    against the fraction of the most uncertain pairs or users set aside."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        fractions, values = zip(*curve, strict=True)
+        ax.plot(fractions, values, "o-", label=name)
+    ax.set_xlabel("most uncertain fraction set aside")
+    ax.set_ylabel("metric over the rest")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_width_history(log_length: np.ndarray, width: np.ndarray, rho: float) -> Figure:
+    """Each user's relative 90 % attention width against log history length (Spearman
+    ``rho``)."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.scatter(log_length, width, s=8, alpha=0.6)
+    ax.set_xlabel("log history length")
+    ax.set_ylabel("relative 90 % attention width")
+    ax.set_title(f"Spearman rho {rho:.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def check_figure_path(path: str | os.PathLike) -> Path:
     """``path`` if it names a format :func:`save` writes, else ``ValueError`` (check before
     long computations)."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pyro_bamf.metrics import KS, METRICS, ranking_metrics
+from pyro_bamf.metrics import KS, METRICS, per_user_metrics, ranking_metrics
 
 LOG2_3 = math.log2(3)
 
@@ -194,3 +194,16 @@ def test_metrics_lie_in_unit_interval_and_perfect_ranking_scores_one():
     assert perfect["recall@12"] == pytest.approx(1.0)
     worst = ranking_metrics(users, labels, -labels, ks=(1,))
     assert worst["hr@1"] == 0.0  # every user here has a negative to rank first
+
+
+def test_per_user_metrics_are_what_ranking_metrics_averages():
+    users = np.array([3, 3, 3, 1, 1, 1, 7, 7])
+    labels = np.array([0, 1, 0, 1, 0, 0, 0, 0])  # user 7 has no positive
+    scores = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.3, 0.5, 0.4])
+    ids, values = per_user_metrics(users, labels, scores, ks=(1, 2))
+    np.testing.assert_array_equal(ids, [1, 3])
+    # user 1's positive ranks third, user 3's second
+    np.testing.assert_allclose(values["ndcg@2"], [0.0, 1 / np.log2(3)])
+    np.testing.assert_allclose(values["hr@1"], [0.0, 0.0])
+    means = ranking_metrics(users, labels, scores, ks=(1, 2))
+    assert means == {name: float(np.mean(column)) for name, column in values.items()}

@@ -1,0 +1,281 @@
+"""Whether a posterior's uncertainty means anything: metrics over posterior predictive draws.
+
+A test pool gives each user ``u`` one positive ``i`` and negatives ``j``; ``N`` posterior draws
+give logits ``x^n`` for every candidate. Per (positive, negative) pair, with the expected
+logits ``x = mean_n x^n``::
+
+    misordered        x_i <= x_j                                 (at the expected scores)
+    FCP               mean over pairs of [x_i > x_j]             (Coscrato & Bridge, 2023)
+    P(misorder)       p = mean_n [x^n_j >= x^n_i]
+    uncertainty       u = min(p, 1 - p)    the posterior's doubt about its own expected order
+    margin baseline   u = -|x_i - x_j|     (a deterministic model's doubt: a small margin)
+    AUROC             P(u of a misordered pair > u of a well-ordered one), ties counting 1/2
+    PAvPU             (n_accurate&certain + n_inaccurate&uncertain) / n   (Fan et al., 2020),
+                      "certain" when a paired t-test of x^n_i - x^n_j over the draws rejects a
+                      zero mean at level alpha
+
+Calibration uses the predictive probabilities ``P = mean_n sigmoid(x^n)``: ECE, Brier and NLL
+over the whole pool (:mod:`pyro_bamf.calibration`), and ECE@k over each user's top ``k`` by
+``P`` only (Sato, RecSys 2024: the top of a list is where miscalibration matters). URI (Coscrato
+& Bridge) compares the uncertainty of the recommended items that are hits with that of all
+recommended items, in units of the uncertainty's spread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from scipy import stats
+from scipy.special import expit
+
+from .calibration import calibration_metrics, reliability_bins
+from .diagnostics import interval_widths
+from .metrics import per_user_metrics
+from .predictive import logit_samples
+
+ALPHAS = (0.01, 0.05, 0.1)
+
+
+def auroc(uncertainty, wrong) -> float:
+    """``P(u_wrong > u_right)`` (ties count 1/2): the area under the ROC curve of
+    ``uncertainty (n,)`` as a detector of ``wrong (n,)`` (bool); NaN if either class is
+    empty. Mann-Whitney's U over the average ranks."""
+    u = np.asarray(uncertainty, dtype=np.float64).ravel()
+    wrong = np.asarray(wrong, dtype=bool).ravel()
+    if u.shape != wrong.shape:
+        raise ValueError(f"uncertainty and wrong differ in length: {u.size} vs {wrong.size}")
+    n_wrong, n_right = int(wrong.sum()), int((~wrong).sum())
+    if n_wrong == 0 or n_right == 0:
+        return float("nan")
+    ranks = stats.rankdata(u)
+    return float((ranks[wrong].sum() - n_wrong * (n_wrong + 1) / 2) / (n_wrong * n_right))
+
+
+def fcp(margin) -> float:
+    """The fraction of concordant pairs: ``mean([x_i - x_j > 0])`` over expected ``margin``."""
+    return float(np.mean(np.asarray(margin) > 0))
+
+
+def pair_statistics(positive, negative) -> dict[str, np.ndarray]:
+    """Per pair, from draws ``positive (N, P)`` and ``negative (N, P)`` of the two logits:
+    ``misordered`` (bool, at the expected logits), ``margin`` (expected ``x_i - x_j``),
+    ``p_misorder`` and ``uncertainty`` (module doc), and the paired t-test's two-sided
+    ``p_value`` (1 where every draw gives the same margin and it is 0; 0 where it is not)."""
+    positive = np.asarray(positive, dtype=np.float64)
+    negative = np.asarray(negative, dtype=np.float64)
+    if positive.shape != negative.shape or positive.ndim != 2:
+        raise ValueError(
+            f"positive and negative draws must both be (N, P), got {positive.shape} and "
+            f"{negative.shape}"
+        )
+    n = positive.shape[0]
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 draws, got {n}")
+    difference = positive - negative
+    margin = difference.mean(0)
+    p_misorder = (difference <= 0).mean(0)
+    spread = difference.std(0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = margin / (spread / np.sqrt(n))
+    p_value = np.where(spread > 0, 2 * stats.t.sf(np.abs(t), df=n - 1), (margin == 0) * 1.0)
+    return {
+        "misordered": margin <= 0,
+        "margin": margin,
+        "p_misorder": p_misorder,
+        "uncertainty": np.minimum(p_misorder, 1 - p_misorder),
+        "p_value": p_value,
+    }
+
+
+def pavpu(misordered, p_value, alpha: float) -> float:
+    """``(n_ac + n_iu) / n``: pairs accurate (not ``misordered``) and certain (``p_value <
+    alpha``) plus pairs inaccurate and uncertain, over all pairs."""
+    misordered = np.asarray(misordered, dtype=bool)
+    certain = np.asarray(p_value) < alpha
+    return float(np.mean((~misordered & certain) | (misordered & ~certain)))
+
+
+def rejection_curve(values, uncertainty, fractions=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5)) -> list:
+    """``mean(values)`` after setting aside the ``fraction`` most uncertain entries, for each
+    fraction: ``[(fraction, mean), ...]``. Uncertainty ties are set aside in their order."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-np.asarray(uncertainty, dtype=np.float64), kind="stable")
+    curve = []
+    for fraction in fractions:
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"a rejected fraction must be in [0, 1), got {fraction}")
+        kept = order[int(round(fraction * values.size)) :]
+        curve.append((float(fraction), float(values[kept].mean())))
+    return curve
+
+
+def ece_at_k(probabilities, labels, users, k: int = 10, n_bins: int = 15) -> float:
+    """The ECE of the predictions in each user's top ``k`` by ``probabilities`` (rows grouped
+    by ``users`` in any order; ties broken by position)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    users = np.asarray(users)
+    order = np.lexsort((-probabilities, users))  # by user, then most probable first
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    position = np.arange(users.size) - np.repeat(starts, np.diff(np.r_[starts, users.size]))
+    top = order[position < k]
+    return calibration_metrics(probabilities[top], np.asarray(labels)[top], n_bins)["ece"]
+
+
+def interval_coverage(draws, observed, level: float) -> float:
+    """The fraction of columns whose ``observed (C,)`` value lies in the central ``level``
+    interval of its ``draws (N, C)`` (bounds included: the quantiles of discrete draws)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"an interval level must be in (0, 1), got {level}")
+    low, high = np.quantile(np.asarray(draws), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    observed = np.asarray(observed)
+    return float(np.mean((observed >= low) & (observed <= high)))
+
+
+def uri(uncertainty, hits, recommended) -> float:
+    """``(mean u over recommended - mean u over recommended hits) / sd(u)``: how much less
+    uncertain the hits among the recommended items are (Coscrato & Bridge); NaN without a
+    hit. All arguments are ``(n,)`` over candidates, ``hits`` and ``recommended`` bool."""
+    u = np.asarray(uncertainty, dtype=np.float64)
+    recommended = np.asarray(recommended, dtype=bool)
+    hit = recommended & np.asarray(hits, dtype=bool)
+    if not hit.any():
+        return float("nan")
+    return float((u[recommended].mean() - u[hit].mean()) / u.std())
+
+
+def first_positives(candidates, per_user: int):
+    """The pool restricted to each user's first ``per_user`` positives and the negatives drawn
+    for them (:meth:`pyro_bamf.data.ImplicitSplit.candidates` puts a user's positives first,
+    then each positive's negatives in the same order)."""
+    from .data import Candidates
+
+    users, labels = np.asarray(candidates.users), np.asarray(candidates.labels)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    keep = []
+    for block in np.split(np.arange(users.size), starts[1:]):
+        positives = int(labels[block].sum())
+        kept = min(per_user, positives)
+        negatives = (block.size - positives) // max(positives, 1)
+        keep.append(block[:kept])
+        keep.append(block[positives : positives + kept * negatives])
+    rows = np.concatenate(keep)
+    return Candidates(users=users[rows], items=np.asarray(candidates.items)[rows],
+                      labels=labels[rows])  # fmt: skip
+
+
+def uncertainty_report(
+    model,
+    split,
+    candidates,
+    num_samples: int = 200,
+    k: int = 10,
+    n_bins: int = 15,
+    width_users: int | None = None,
+    seed: int = 0,
+    ties: str = "pessimistic",
+    max_elements: int = 2**22,
+) -> dict:
+    """Every metric of the module doc on a candidate pool, from ``num_samples`` posterior
+    predictive draws per user (one user's draws at a time: memory is bounded by the largest
+    user, ``num_samples x`` their candidates, and ``max_elements`` per drawn tensor).
+
+    Returns a JSON-ready dict: ``"pairs"`` (FCP, AUROC of the posterior's and of the margin's
+    uncertainty for misordered pairs, PAvPU at :data:`ALPHAS`), ``"calibration"`` (ECE, Brier,
+    NLL over the pool, ECE@k, and the coverage of the 50 % and 90 % predictive intervals of
+    each user's number of positives in their top ``k``), ``"uri"``, ``"rejection"`` (FCP over
+    pairs and NDCG@k over users with the most uncertain 0-50 % set aside), ``"attention"``
+    (Spearman correlation of the users' relative 90 % attention width with log history length
+    and with NDCG@k, over ``width_users`` random users, all if ``None``), and ``"bins"``,
+    ``"users"`` for the figures. Draws come from torch's generator and a NumPy generator, both
+    seeded by ``seed`` inside (the global torch state is restored after).
+    """
+    users = np.asarray(candidates.users)
+    labels = np.asarray(candidates.labels, dtype=np.float64)
+    items = np.asarray(candidates.items)
+    order = np.argsort(users, kind="stable")
+    starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]])
+    rng = np.random.default_rng(seed)
+    expected = np.empty(users.size)
+    probability, spread = np.empty(users.size), np.empty(users.size)
+    recommended = np.zeros(users.size, dtype=bool)
+    pairs, counts, observed = [], [], []
+    history = (split.history_items, split.history_lengths)
+    with torch_seeded(seed):
+        for rows in np.split(order, starts[1:]):
+            user = int(users[rows[0]])
+            draws = logit_samples(model, *history, user, items[rows], num_samples, max_elements)
+            draws = draws.astype(np.float64)
+            probabilities = expit(draws)
+            expected[rows] = draws.mean(0)
+            probability[rows], spread[rows] = probabilities.mean(0), probabilities.std(0)
+            top = np.argsort(-probability[rows], kind="stable")[:k]
+            recommended[rows[top]] = True
+            counts.append((rng.random((num_samples, top.size)) < probabilities[:, top]).sum(1))
+            observed.append(labels[rows[top]].sum())
+            positive = labels[rows] == 1
+            for column in np.flatnonzero(positive):
+                negative = draws[:, ~positive]
+                positive_draws = np.broadcast_to(draws[:, [column]], negative.shape)
+                pairs.append(pair_statistics(positive_draws, negative))
+                pairs[-1]["user"] = np.full(negative.shape[1], user)
+    pair = {key: np.concatenate([p[key] for p in pairs]) for key in pairs[0]}
+    ids, per_user = per_user_metrics(users, labels, expected, ks=(k,), ties=ties)
+    ndcg = per_user[f"ndcg@{k}"]
+    pair_index = np.searchsorted(ids, pair["user"])
+    user_doubt = np.bincount(pair_index, pair["uncertainty"], ids.size) / np.bincount(
+        pair_index, minlength=ids.size
+    )
+    calibration = calibration_metrics(probability, labels, n_bins)
+    counts, observed = np.stack(counts, 1), np.array(observed)
+    report = {
+        "draws": num_samples,
+        "users": int(ids.size),
+        "pairs": {
+            "n": int(pair["margin"].size),
+            "fcp": fcp(pair["margin"]),
+            "auroc_misorder": auroc(pair["uncertainty"], pair["misordered"]),
+            "auroc_misorder_margin": auroc(-np.abs(pair["margin"]), pair["misordered"]),
+            **{f"pavpu@{a:g}": pavpu(pair["misordered"], pair["p_value"], a) for a in ALPHAS},
+        },
+        "calibration": {
+            **{key: calibration[key] for key in ("ece", "brier", "nll")},
+            f"ece@{k}": ece_at_k(probability, labels, users, k, n_bins),
+            f"coverage50_positives@{k}": interval_coverage(counts, observed, 0.5),
+            f"coverage90_positives@{k}": interval_coverage(counts, observed, 0.9),
+        },
+        "uri": uri(spread, labels == 1, recommended),
+        f"ndcg@{k}": float(ndcg.mean()),
+        "rejection": {
+            "fcp": rejection_curve(~pair["misordered"], pair["uncertainty"]),
+            f"ndcg@{k}": rejection_curve(ndcg, user_doubt),
+        },
+    }
+    with_history = ids[split.history_lengths[ids] > 0]
+    if width_users is not None and width_users < with_history.size:
+        with_history = np.sort(rng.choice(with_history, width_users, replace=False))
+    with torch_seeded(seed):
+        widths = interval_widths(model, split, with_history, num_samples)["relative"]
+    log_length = np.log(split.history_lengths[with_history])
+    report["attention"] = {
+        "users": int(with_history.size),
+        "spearman_width_log_history": float(stats.spearmanr(widths, log_length).statistic),
+        f"spearman_width_ndcg@{k}": float(
+            stats.spearmanr(widths, ndcg[np.searchsorted(ids, with_history)]).statistic
+        ),
+    }
+    bins = reliability_bins(probability, labels, n_bins)
+    report["bins"] = {key: value.tolist() for key, value in bins.items()}
+    report["width_history"] = {"log_length": log_length.tolist(), "width": widths.tolist()}
+    return report
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Torch's generators seeded with ``seed`` inside, restored to their state after."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
