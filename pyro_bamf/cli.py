@@ -128,7 +128,8 @@ def _uncertainty(args: argparse.Namespace) -> int:
     from .uncertainty import first_positives, uncertainty_report
 
     out = Path(args.out or args.run)
-    report_path = out / "uncertainty.json"
+    prefix = "" if args.method == "posterior" else f"{args.method}_"
+    report_path = out / f"{prefix}uncertainty.json"
     if report_path.exists() and not args.overwrite:
         raise ValueError(f"{report_path} exists: pass --overwrite to replace it")
     if args.positives < 0:
@@ -144,22 +145,23 @@ def _uncertainty(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     report = uncertainty_report(
         rec.model, rec.split, pool, args.samples, width_users=args.width_users,
-        seed=rec.config.seed, ties=rec.config.ties,
+        seed=rec.config.seed, ties=rec.config.ties, method=args.method,
     )  # fmt: skip
     report["seconds"] = time.perf_counter() - start
     report["positives_per_user"] = args.positives or "all"
     out.mkdir(parents=True, exist_ok=True)
     figures = {
-        "reliability.png": views.plot_reliability(
+        f"{prefix}reliability.png": views.plot_reliability(
             {key: np.array(value) for key, value in report.pop("bins").items()},
             report["calibration"],
         ),
-        "rejection.png": views.plot_rejection(report["rejection"]),
-        "width_history.png": views.plot_width_history(
+        f"{prefix}rejection.png": views.plot_rejection(report["rejection"]),
+    }
+    if "width_history" in report:
+        figures["width_history.png"] = views.plot_width_history(
             **report.pop("width_history"),
             rho=report["attention"]["spearman_width_log_history"],
-        ),
-    }
+        )
     for name, fig in figures.items():
         views.save(fig, out / name)
     write_text(report_path, json.dumps(report, indent=2) + "\n")
@@ -245,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     uncertainty.add_argument(
         "--width-users", type=int, help="users whose attention width is measured (default all)"
     )
+    uncertainty.add_argument(
+        "--method", choices=("posterior", "mc_dropout"), default="posterior",
+        help="posterior predictive draws, or the MC dropout baseline",
+    )  # fmt: skip
     uncertainty.add_argument("--out", help="folder for uncertainty.json and figures (the run's)")
     uncertainty.add_argument("--overwrite", action="store_true", help="replace uncertainty.json")
     uncertainty.set_defaults(func=_uncertainty)

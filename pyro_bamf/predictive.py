@@ -177,6 +177,48 @@ def logit_samples(
     return out
 
 
+@torch.no_grad()
+def dropout_logit_samples(
+    model: BAMF,
+    history_items: np.ndarray,
+    history_lengths: np.ndarray,
+    user: int,
+    items: np.ndarray,
+    num_samples: int = 200,
+    max_elements: int = 2**22,
+) -> np.ndarray:
+    """MC dropout, the uncertainty baseline: ``num_samples`` draws of the deterministic
+    network's logits (every attention score at its mean ``exp(psi)``) with the score networks'
+    dropout on at test time, for every candidate in ``items (C,)``: ``float32 (N, C)``.
+
+    A draw is a copy of the candidates' groups with its own dropout mask; copies are batched,
+    at most ``max_elements`` pair features ``(G, S, L, K)`` at once.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    _check_kept(num_samples, items.size, "candidates")
+    device = next(model.parameters()).device
+    out = np.empty((num_samples, items.size), dtype=np.float32)
+    was_training = model.training
+    model.train()
+    try:
+        for batch, rows in candidate_batches(
+            np.full(items.size, user), items, history_items, history_lengths
+        ):
+            batch = batch.to(device)
+            per_draw = batch.mask.numel() * model.config.embedding_dim
+            chunk = max(1, min(num_samples, max_elements // per_draw))
+            valid = rows >= 0
+            for start in range(0, num_samples, chunk):
+                n = min(chunk, num_samples - start)
+                copies = Batch(batch.users.repeat(n), batch.items.repeat(n, 1),
+                               batch.history.repeat(n, 1), batch.mask.repeat(n, 1, 1))  # fmt: skip
+                logits = model.expected_logits(copies).reshape(n, *batch.items.shape)
+                out[start : start + n, rows[valid]] = logits.cpu().numpy()[:, valid]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _check_kept(num_samples: int, width: int, what: str, name: str = "num_samples") -> None:
     """``ValueError`` unless ``1 <= num_samples`` and ``num_samples * max(width, 1)``, the
     floats kept per site for ``width`` ``what``, is at most :data:`MAX_KEPT_DRAWS`; ``name``

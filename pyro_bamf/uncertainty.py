@@ -34,9 +34,10 @@ from scipy.special import expit
 from .calibration import calibration_metrics, reliability_bins
 from .diagnostics import interval_widths
 from .metrics import per_user_metrics
-from .predictive import logit_samples
+from .predictive import dropout_logit_samples, logit_samples
 
 ALPHAS = (0.01, 0.05, 0.1)
+METHODS = {"posterior": logit_samples, "mc_dropout": dropout_logit_samples}
 
 
 def auroc(uncertainty, wrong) -> float:
@@ -178,6 +179,7 @@ def uncertainty_report(
     seed: int = 0,
     ties: str = "pessimistic",
     max_elements: int = 2**22,
+    method: str = "posterior",
 ) -> dict:
     """Every metric of the module doc on a candidate pool, from ``num_samples`` posterior
     predictive draws per user (one user's draws at a time: memory is bounded by the largest
@@ -192,7 +194,16 @@ def uncertainty_report(
     and with NDCG@k, over ``width_users`` random users, all if ``None``), and ``"bins"``,
     ``"users"`` for the figures. Draws come from torch's generator and a NumPy generator, both
     seeded by ``seed`` inside (the global torch state is restored after).
+
+    ``method``: ``"posterior"`` (posterior predictive draws,
+    :func:`~pyro_bamf.predictive.logit_samples`) or ``"mc_dropout"``, the baseline (the
+    deterministic network with its dropout on at test time,
+    :func:`~pyro_bamf.predictive.dropout_logit_samples`; no attention section: its attention
+    has no posterior).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    draw = METHODS[method]
     users = np.asarray(candidates.users)
     labels = np.asarray(candidates.labels, dtype=np.float64)
     items = np.asarray(candidates.items)
@@ -207,7 +218,7 @@ def uncertainty_report(
     with torch_seeded(seed):
         for rows in np.split(order, starts[1:]):
             user = int(users[rows[0]])
-            draws = logit_samples(model, *history, user, items[rows], num_samples, max_elements)
+            draws = draw(model, *history, user, items[rows], num_samples, max_elements)
             draws = draws.astype(np.float64)
             probabilities = expit(draws)
             expected[rows] = draws.mean(0)
@@ -232,6 +243,7 @@ def uncertainty_report(
     calibration = calibration_metrics(probability, labels, n_bins)
     counts, observed = np.stack(counts, 1), np.array(observed)
     report = {
+        "method": method,
         "draws": num_samples,
         "users": int(ids.size),
         "pairs": {
@@ -254,6 +266,10 @@ def uncertainty_report(
             f"ndcg@{k}": rejection_curve(ndcg, user_doubt),
         },
     }
+    bins = reliability_bins(probability, labels, n_bins)
+    report["bins"] = {key: value.tolist() for key, value in bins.items()}
+    if method != "posterior":
+        return report
     with_history = ids[split.history_lengths[ids] > 0]
     if width_users is not None and width_users < with_history.size:
         with_history = np.sort(rng.choice(with_history, width_users, replace=False))
@@ -267,8 +283,6 @@ def uncertainty_report(
             stats.spearmanr(widths, ndcg[np.searchsorted(ids, with_history)]).statistic
         ),
     }
-    bins = reliability_bins(probability, labels, n_bins)
-    report["bins"] = {key: value.tolist() for key, value in bins.items()}
     report["width_history"] = {"log_length": log_length.tolist(), "width": widths.tolist()}
     return report
 

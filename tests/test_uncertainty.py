@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pyro_bamf import evaluation
 from pyro_bamf.cli import main
+from pyro_bamf.predictive import dropout_logit_samples
 from pyro_bamf.runs import load_run
 from pyro_bamf.uncertainty import (
     auroc,
@@ -201,3 +203,36 @@ def test_first_positives_keeps_each_users_first_positives_and_their_negatives(ti
             one.items[mine], np.r_[block[:1], block[positives : positives + 19]]
         )
     assert len(first_positives(pool, 10_000)) == len(pool)
+
+
+def test_mc_dropout_draws_are_the_deterministic_network_with_dropout_on(tiny_run):
+    rec = load_run(tiny_run)
+    model, split = rec.model, rec.split
+    history = (split.history_items, split.history_lengths)
+    items = np.arange(12)
+    model.eval()
+    draws = dropout_logit_samples(model, *history, 3, items, num_samples=40, max_elements=1)
+    assert draws.shape == (40, 12) and not model.training  # the mode is restored
+    assert np.unique(draws[:, 0]).size > 20  # every draw its own dropout mask
+    expected = evaluation.score_candidates(model, np.full(12, 3), items, *history)
+    dropout = model.user_scorer.dropout.p
+    try:  # without dropout every draw is the deterministic network's logit
+        model.user_scorer.dropout.p = model.item_scorer.dropout.p = 0.0
+        plain = dropout_logit_samples(model, *history, 3, items, num_samples=5)
+    finally:
+        model.user_scorer.dropout.p = model.item_scorer.dropout.p = dropout
+    np.testing.assert_allclose(plain, np.broadcast_to(expected, (5, 12)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_command_judges_the_mc_dropout_baseline_beside_the_posterior(tiny_run, capsys):
+    out = tiny_run.parent / "baseline"
+    args = ["uncertainty", "--run", str(tiny_run), "--samples", "20", "--out", str(out)]
+    assert main([*args, "--method", "mc_dropout"]) == 0
+    report = json.loads((out / "mc_dropout_uncertainty.json").read_text())
+    assert report["method"] == "mc_dropout" and "attention" not in report
+    assert {p.name for p in out.iterdir()} == {
+        "mc_dropout_uncertainty.json",
+        "mc_dropout_reliability.png",
+        "mc_dropout_rejection.png",
+    }
+    assert 0 <= report["pairs"]["auroc_misorder"] <= 1
