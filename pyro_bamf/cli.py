@@ -134,6 +134,8 @@ def _uncertainty(args: argparse.Namespace) -> int:
         raise ValueError(f"{report_path} exists: pass --overwrite to replace it")
     if args.positives < 0:
         raise ValueError(f"--positives must be >= 0 (0: all), got {args.positives}")
+    if args.width_users is not None and args.width_users < 2:
+        raise ValueError(f"--width-users must be >= 2 (a correlation), got {args.width_users}")
     if args.samples < 2:
         raise ValueError(f"--samples must be >= 2 (a paired t-test over draws), got {args.samples}")
     rec = load_run(args.run)

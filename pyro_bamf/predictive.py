@@ -192,7 +192,8 @@ def dropout_logit_samples(
     dropout on at test time, for every candidate in ``items (C,)``: ``float32 (N, C)``.
 
     A draw is a copy of the candidates' groups with its own dropout mask; copies are batched,
-    at most ``max_elements`` pair features ``(G, S, L, K)`` at once.
+    at most ``max_elements`` pair features ``(G, S, L, K)`` at once (one copy when a single
+    one is larger).
     """
     items = np.asarray(items, dtype=np.int64)
     _check_kept(num_samples, items.size, "candidates")

@@ -1,8 +1,8 @@
 """Whether a posterior's uncertainty means anything: metrics over posterior predictive draws.
 
-A test pool gives each user ``u`` one positive ``i`` and negatives ``j``; ``N`` posterior draws
-give logits ``x^n`` for every candidate. Per (positive, negative) pair, with the expected
-logits ``x = mean_n x^n``::
+A test pool gives each user ``u`` positives ``i``, each with its own sampled negatives ``j``;
+``N`` posterior draws give logits ``x^n`` for every candidate. Per (positive, negative) pair,
+with the expected logits ``x = mean_n x^n``::
 
     misordered        x_i <= x_j                                 (at the expected scores)
     FCP               mean over pairs of [x_i > x_j]             (Coscrato & Bridge, 2023)
@@ -99,11 +99,15 @@ def pavpu(misordered, p_value, alpha: float) -> float:
     return float(np.mean((~misordered & certain) | (misordered & ~certain)))
 
 
-def rejection_curve(values, uncertainty, fractions=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5)) -> list:
+def rejection_curve(
+    values, uncertainty, fractions=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), seed: int = 0
+) -> list:
     """``mean(values)`` after setting aside the ``fraction`` most uncertain entries, for each
-    fraction: ``[(fraction, mean), ...]``. Uncertainty ties are set aside in their order."""
+    fraction: ``[(fraction, mean), ...]``. Among equal uncertainties the order is random
+    (``seed``), so ties do not favour any position."""
     values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(-np.asarray(uncertainty, dtype=np.float64), kind="stable")
+    tie_break = np.random.default_rng(seed).random(values.size)
+    order = np.lexsort((tie_break, -np.asarray(uncertainty, dtype=np.float64)))
     curve = []
     for fraction in fractions:
         if not 0.0 <= fraction < 1.0:
@@ -128,10 +132,14 @@ def ece_at_k(probabilities, labels, users, k: int = 10, n_bins: int = 15) -> flo
 
 def interval_coverage(draws, observed, level: float) -> float:
     """The fraction of columns whose ``observed (C,)`` value lies in the central ``level``
-    interval of its ``draws (N, C)`` (bounds included: the quantiles of discrete draws)."""
+    interval of its ``draws (N, C)``: bounds are draws (the lower and upper empirical
+    quantiles) and included, so discrete draws (counts) cover at least ``level`` when
+    calibrated."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"an interval level must be in (0, 1), got {level}")
-    low, high = np.quantile(np.asarray(draws), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    draws = np.asarray(draws)
+    low = np.quantile(draws, (1 - level) / 2, axis=0, method="lower")
+    high = np.quantile(draws, (1 + level) / 2, axis=0, method="higher")
     observed = np.asarray(observed)
     return float(np.mean((observed >= low) & (observed <= high)))
 
@@ -148,6 +156,27 @@ def uri(uncertainty, hits, recommended) -> float:
     return float((u[recommended].mean() - u[hit].mean()) / u.std())
 
 
+def pool_blocks(users, labels) -> list[tuple[np.ndarray, int, int]]:
+    """``(rows, P, n)`` per user of a pool laid out as
+    :meth:`pyro_bamf.data.ImplicitSplit.candidates` writes it: the user's ``P`` positives first,
+    then ``n`` negatives drawn for each positive, in the positives' order; ``ValueError`` for a
+    pool laid out otherwise."""
+    users, labels = np.asarray(users), np.asarray(labels)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    blocks = []
+    for rows in np.split(np.arange(users.size), starts[1:]):
+        positives = int(labels[rows].sum())
+        negatives = (rows.size - positives) // max(positives, 1)
+        layout = labels[rows[:positives]].all() and rows.size == positives * (1 + negatives)
+        if positives == 0 or negatives == 0 or not layout:
+            raise ValueError(
+                f"user {users[rows[0]]}'s candidates are not P positives followed by the same "
+                "number of negatives for each (the layout of split.candidates)"
+            )
+        blocks.append((rows, positives, negatives))
+    return blocks
+
+
 def first_positives(candidates, per_user: int):
     """The pool restricted to each user's first ``per_user`` positives and the negatives drawn
     for them (:meth:`pyro_bamf.data.ImplicitSplit.candidates` puts a user's positives first,
@@ -155,12 +184,9 @@ def first_positives(candidates, per_user: int):
     from .data import Candidates
 
     users, labels = np.asarray(candidates.users), np.asarray(candidates.labels)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     keep = []
-    for block in np.split(np.arange(users.size), starts[1:]):
-        positives = int(labels[block].sum())
+    for block, positives, negatives in pool_blocks(users, labels):
         kept = min(per_user, positives)
-        negatives = (block.size - positives) // max(positives, 1)
         keep.append(block[:kept])
         keep.append(block[positives : positives + kept * negatives])
     rows = np.concatenate(keep)
@@ -183,7 +209,10 @@ def uncertainty_report(
 ) -> dict:
     """Every metric of the module doc on a candidate pool, from ``num_samples`` posterior
     predictive draws per user (one user's draws at a time: memory is bounded by the largest
-    user, ``num_samples x`` their candidates, and ``max_elements`` per drawn tensor).
+    user, ``num_samples x`` their candidates, and ``max_elements`` per drawn tensor; the
+    per-pair statistics of all users are kept). Each positive is paired with the negatives
+    drawn for it (:func:`pool_blocks`); every ranking (NDCG, the recommended top ``k``, ECE@k)
+    is by the predictive probability.
 
     Returns a JSON-ready dict: ``"pairs"`` (FCP, AUROC of the posterior's and of the margin's
     uncertainty for misordered pairs, PAvPU at :data:`ALPHAS`), ``"calibration"`` (ECE, Brier,
@@ -207,34 +236,30 @@ def uncertainty_report(
     users = np.asarray(candidates.users)
     labels = np.asarray(candidates.labels, dtype=np.float64)
     items = np.asarray(candidates.items)
-    order = np.argsort(users, kind="stable")
-    starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]])
     rng = np.random.default_rng(seed)
-    expected = np.empty(users.size)
     probability, spread = np.empty(users.size), np.empty(users.size)
     recommended = np.zeros(users.size, dtype=bool)
     pairs, counts, observed = [], [], []
     history = (split.history_items, split.history_lengths)
     with torch_seeded(seed):
-        for rows in np.split(order, starts[1:]):
+        for rows, n_positives, n_negatives in pool_blocks(users, labels):
             user = int(users[rows[0]])
             draws = draw(model, *history, user, items[rows], num_samples, max_elements)
             draws = draws.astype(np.float64)
             probabilities = expit(draws)
-            expected[rows] = draws.mean(0)
             probability[rows], spread[rows] = probabilities.mean(0), probabilities.std(0)
             top = np.argsort(-probability[rows], kind="stable")[:k]
             recommended[rows[top]] = True
             counts.append((rng.random((num_samples, top.size)) < probabilities[:, top]).sum(1))
             observed.append(labels[rows[top]].sum())
-            positive = labels[rows] == 1
-            for column in np.flatnonzero(positive):
-                negative = draws[:, ~positive]
+            for column in range(n_positives):  # each positive with its own negatives
+                first = n_positives + column * n_negatives
+                negative = draws[:, first : first + n_negatives]
                 positive_draws = np.broadcast_to(draws[:, [column]], negative.shape)
                 pairs.append(pair_statistics(positive_draws, negative))
-                pairs[-1]["user"] = np.full(negative.shape[1], user)
+                pairs[-1]["user"] = np.full(n_negatives, user)
     pair = {key: np.concatenate([p[key] for p in pairs]) for key in pairs[0]}
-    ids, per_user = per_user_metrics(users, labels, expected, ks=(k,), ties=ties)
+    ids, per_user = per_user_metrics(users, labels, probability, ks=(k,), ties=ties)
     ndcg = per_user[f"ndcg@{k}"]
     pair_index = np.searchsorted(ids, pair["user"])
     user_doubt = np.bincount(pair_index, pair["uncertainty"], ids.size) / np.bincount(
@@ -262,8 +287,8 @@ def uncertainty_report(
         "uri": uri(spread, labels == 1, recommended),
         f"ndcg@{k}": float(ndcg.mean()),
         "rejection": {
-            "fcp": rejection_curve(~pair["misordered"], pair["uncertainty"]),
-            f"ndcg@{k}": rejection_curve(ndcg, user_doubt),
+            "fcp": rejection_curve(~pair["misordered"], pair["uncertainty"], seed=seed),
+            f"ndcg@{k}": rejection_curve(ndcg, user_doubt, seed=seed),
         },
     }
     bins = reliability_bins(probability, labels, n_bins)

@@ -21,6 +21,7 @@ from pyro_bamf.uncertainty import (
     interval_coverage,
     pair_statistics,
     pavpu,
+    pool_blocks,
     rejection_curve,
     uncertainty_report,
     uri,
@@ -106,6 +107,24 @@ def test_interval_coverage_of_draws_from_a_known_distribution():
     assert interval_coverage(draws, observed + 10, 0.9) == 0.0
 
 
+def test_interval_coverage_of_counts_is_at_least_the_level():
+    rng = np.random.default_rng(4)
+    draws = rng.binomial(10, 0.3, size=(2000, 4000))
+    observed = rng.binomial(10, 0.3, size=4000)
+    for level in (0.5, 0.9):
+        assert level <= interval_coverage(draws, observed, level) <= level + 0.25
+
+
+def test_a_pool_in_another_layout_is_refused():
+    users = np.array([0, 0, 0, 1, 1, 1])
+    labels = np.array([1, 0, 0, 0, 1, 0])  # user 1's positive is not first
+    with pytest.raises(ValueError, match="user 1's candidates are not P positives"):
+        pool_blocks(users, labels)
+    assert [(r.tolist(), p, n) for r, p, n in pool_blocks(users[:3], labels[:3])] == [
+        ([0, 1, 2], 1, 2)
+    ]
+
+
 def test_uri_is_positive_when_hits_are_the_certain_recommendations():
     u = np.array([0.1, 0.2, 0.9, 0.8, 0.5, 0.5])
     recommended = np.array([True, True, True, True, False, False])
@@ -178,9 +197,7 @@ def test_the_report_holds_with_one_draw_per_chunk(tiny_run):
         warnings.simplefilter("ignore")
         small = uncertainty_report(rec.model, rec.split, pool, 8, width_users=3, max_elements=1)
         large = uncertainty_report(rec.model, rec.split, pool, 8, width_users=3)
-    positives = np.bincount(pool.users, pool.labels)
-    negatives = np.bincount(pool.users) - positives
-    pairs = int((positives * negatives).sum())  # every positive of a user with each negative
+    pairs = int(pool.labels.sum()) * 19  # every positive with the 19 negatives drawn for it
     assert small["pairs"]["n"] == large["pairs"]["n"] == pairs
     assert small["attention"]["users"] == 3
     for report in (small, large):
