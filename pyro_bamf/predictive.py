@@ -163,18 +163,11 @@ def logit_samples(
 ) -> np.ndarray:
     """Draws of ``x(user, i)`` for every candidate in ``items (C,)``: ``float32 (N, C)``, at
     most :data:`MAX_KEPT_DRAWS` floats."""
-    items = np.asarray(items, dtype=np.int64)
-    _check_kept(num_samples, items.size, "candidates")
-    device = next(model.parameters()).device
-    out = np.empty((num_samples, items.size), dtype=np.float32)
-    for batch, rows in candidate_batches(
-        np.full(items.size, user), items, history_items, history_lengths
-    ):
-        draws = predictive_samples(model, batch.to(device), num_samples, ("_RETURN",), max_elements)
-        logits = draws["_RETURN"].cpu().numpy()
-        valid = rows >= 0
-        out[:, rows[valid]] = logits[:, valid]
-    return out
+
+    def draw(batch: Batch) -> torch.Tensor:
+        return predictive_samples(model, batch, num_samples, ("_RETURN",), max_elements)["_RETURN"]
+
+    return _candidate_draws(model, history_items, history_lengths, user, items, num_samples, draw)
 
 
 @torch.no_grad()
@@ -195,28 +188,43 @@ def dropout_logit_samples(
     at most ``max_elements`` pair features ``(G, S, L, K)`` at once (one copy when a single
     one is larger).
     """
+
+    def draw(batch: Batch) -> torch.Tensor:
+        per_draw = batch.mask.numel() * model.config.embedding_dim
+        chunk = max(1, min(num_samples, max_elements // per_draw))
+        logits = []
+        for start in range(0, num_samples, chunk):
+            n = min(chunk, num_samples - start)
+            copies = Batch(batch.users.repeat(n), batch.items.repeat(n, 1),
+                           batch.history.repeat(n, 1), batch.mask.repeat(n, 1, 1))  # fmt: skip
+            logits.append(model.expected_logits(copies).reshape(n, *batch.items.shape))
+        return torch.cat(logits)
+
+    was_training = model.training
+    model.train()
+    try:
+        return _candidate_draws(
+            model, history_items, history_lengths, user, items, num_samples, draw
+        )
+    finally:
+        model.train(was_training)
+
+
+def _candidate_draws(
+    model: BAMF, history_items, history_lengths, user: int, items, num_samples: int, draw
+) -> np.ndarray:
+    """``draw(batch) -> (N, G, S)`` logits over the candidate batches of ``user``'s ``items``,
+    gathered as ``float32 (N, C)`` in the order of ``items``."""
     items = np.asarray(items, dtype=np.int64)
     _check_kept(num_samples, items.size, "candidates")
     device = next(model.parameters()).device
     out = np.empty((num_samples, items.size), dtype=np.float32)
-    was_training = model.training
-    model.train()
-    try:
-        for batch, rows in candidate_batches(
-            np.full(items.size, user), items, history_items, history_lengths
-        ):
-            batch = batch.to(device)
-            per_draw = batch.mask.numel() * model.config.embedding_dim
-            chunk = max(1, min(num_samples, max_elements // per_draw))
-            valid = rows >= 0
-            for start in range(0, num_samples, chunk):
-                n = min(chunk, num_samples - start)
-                copies = Batch(batch.users.repeat(n), batch.items.repeat(n, 1),
-                               batch.history.repeat(n, 1), batch.mask.repeat(n, 1, 1))  # fmt: skip
-                logits = model.expected_logits(copies).reshape(n, *batch.items.shape)
-                out[start : start + n, rows[valid]] = logits.cpu().numpy()[:, valid]
-    finally:
-        model.train(was_training)
+    for batch, rows in candidate_batches(
+        np.full(items.size, user), items, history_items, history_lengths
+    ):
+        logits = draw(batch.to(device)).cpu().numpy()
+        valid = rows >= 0
+        out[:, rows[valid]] = logits[:, valid]
     return out
 
 
