@@ -4,6 +4,8 @@ For a batch of examples with unmasked history positions ``j``:
 
     KL per weight   = sum_j [KL(q(s^u_j) || p(s^u_j)) + KL(q(s^i_j) || p(s^i_j))] / (2 n_valid)
     entropy         = -sum_j a_j log a_j,  a_j = alpha_j / sum_l alpha_l at s = E[s] = exp(psi)
+    entropy gap     = log n_valid - entropy    (0 for uniform attention)
+    psi SD          = the standard deviation of psi_j over a row's history (0: constant scores)
     interval width  = q95(alpha_j) - q05(alpha_j) over posterior draws (per user, no target)
 """
 
@@ -58,27 +60,42 @@ def kl_per_weight(model: BAMF, batches: Iterable[Batch]) -> float:
     return kl / n_weights
 
 
-@torch.no_grad()
 def attention_entropy(model: BAMF, batches: Iterable[Batch]) -> float:
     """Mean entropy (nats) of the normalised expected attention, over both modules and every
     example with a non-empty history in ``batches``."""
-    entropies = []
+    return attention_uniformity(model, batches)["entropy"]
+
+
+@torch.no_grad()
+def attention_uniformity(model: BAMF, batches: Iterable[Batch]) -> dict[str, float]:
+    """How far the expected attention is from uniform, over both modules and every example
+    with a non-empty history in ``batches``: means of its ``entropy``, of the
+    ``uniform_entropy`` ``log n_valid``, of their difference ``entropy_gap``, and of the
+    within-history ``psi_sd`` (module doc)."""
+    rows = {"entropy": [], "uniform_entropy": [], "psi_sd": []}
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
             psi_user, psi_item = model.attention_logits(batch)
+            valid = batch.mask.any(-1)
+            count = batch.mask.sum(-1)
             for psi in (psi_user.expand_as(batch.mask), psi_item):
                 logits = (model.config.tau * psi).masked_fill(~batch.mask, -torch.inf)
                 log_a = torch.log_softmax(logits, dim=-1)
                 terms = torch.where(batch.mask, log_a.exp() * log_a, 0.0)
-                entropies.append(-terms.sum(-1)[batch.mask.any(-1)])
+                rows["entropy"].append(-terms.sum(-1)[valid])
+                rows["uniform_entropy"].append(count[valid].double().log())
+                mean = torch.where(batch.mask, psi, 0.0).sum(-1) / count.clamp(min=1)
+                square = torch.where(batch.mask, (psi - mean.unsqueeze(-1)) ** 2, 0.0).sum(-1)
+                rows["psi_sd"].append((square / count.clamp(min=1)).sqrt()[valid])
     finally:
         model.train(was_training)
-    values = torch.cat(entropies) if entropies else torch.empty(0)
-    if values.numel() == 0:
+    if not rows["entropy"] or torch.cat(rows["entropy"]).numel() == 0:
         raise ValueError("no example with a non-empty history: the entropy is undefined")
-    return float(values.mean())
+    out = {name: float(torch.cat(values).double().mean()) for name, values in rows.items()}
+    out["entropy_gap"] = out["uniform_entropy"] - out["entropy"]
+    return out
 
 
 def interval_widths(

@@ -32,7 +32,7 @@ from scipy import stats
 from scipy.special import expit
 
 from .calibration import calibration_metrics, reliability_bins
-from .diagnostics import interval_widths
+from .diagnostics import attention_uniformity, example_batches, interval_widths
 from .metrics import per_user_metrics
 from .predictive import dropout_logit_samples, logit_samples
 
@@ -219,8 +219,10 @@ def uncertainty_report(
     NLL over the pool, ECE@k, and the coverage of the 50 % and 90 % predictive intervals of
     each user's number of positives in their top ``k``), ``"uri"``, ``"rejection"`` (FCP over
     pairs and NDCG@k over users with the most uncertain 0-50 % set aside), ``"attention"``
-    (Spearman correlation of the users' relative 90 % attention width with log history length
-    and with NDCG@k, over ``width_users`` random users, all if ``None``), and ``"bins"``,
+    (the expected attention's distance from uniform over the leave-one-out examples,
+    :func:`~pyro_bamf.diagnostics.attention_uniformity`, and the Spearman correlation of the
+    users' relative 90 % attention width with log history length and with NDCG@k, over
+    ``width_users`` random users, all if ``None``), and ``"bins"``,
     ``"users"`` for the figures. Draws come from torch's generator and a NumPy generator, both
     seeded by ``seed`` inside (the global torch state is restored after).
 
@@ -301,7 +303,9 @@ def uncertainty_report(
     with torch_seeded(seed):
         widths = interval_widths(model, split, with_history, num_samples)["relative"]
     log_length = np.log(split.history_lengths[with_history])
+    loo = example_batches(split, "loo", dim=model.config.embedding_dim)
     report["attention"] = {
+        **attention_uniformity(model, loo),
         "users": int(with_history.size),
         "spearman_width_log_history": float(stats.spearmanr(widths, log_length).statistic),
         f"spearman_width_ndcg@{k}": float(

@@ -12,6 +12,7 @@ from pyro_bamf import BAMF, BAMFConfig
 from pyro_bamf.data import ImplicitSplit, make_synthetic
 from pyro_bamf.diagnostics import (
     attention_entropy,
+    attention_uniformity,
     example_batches,
     interval_widths,
     kl_per_weight,
@@ -75,6 +76,40 @@ def test_flat_attention_has_the_entropy_of_a_uniform_distribution(split):
     lengths = batch.mask.sum(-1).double()
     expected = float(torch.log(lengths[lengths > 0]).mean())
     assert attention_entropy(model, [batch]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_uniformity_of_flat_and_of_known_attention(split):
+    flat = attention_uniformity(flat_model(split), [example_batch(split)])
+    assert flat["entropy_gap"] == pytest.approx(0.0, abs=1e-5) and flat["psi_sd"] < 1e-6
+    model = flat_model(split)  # psi = the key's first coordinate: a known spread of scores
+    for scorer in (model.user_scorer, model.item_scorer):
+        scorer.out.bias.data.zero_()
+    batch = example_batch(split)
+    psi_user, psi_item = model.attention_logits(batch)
+    assert torch.all(psi_user == 0)
+    # replace the networks' output by a known function of the position
+    positions = torch.arange(batch.mask.shape[-1], dtype=torch.float32)
+
+    def known(self, batch):
+        psi = positions.expand(batch.mask.shape)
+        return psi[:, :1], psi
+
+    model.attention_logits = known.__get__(model)
+    out = attention_uniformity(model, [batch])
+    lengths = batch.mask[:, 0].sum(-1)[batch.mask[:, 0].any(-1)].double()
+    expected_sd, expected_entropy = [], []  # row by row, over the unmasked positions
+    for row in range(batch.mask.shape[0]):
+        keep = batch.mask[row, 0]
+        if not keep.any():
+            continue
+        psi = positions[keep].double()
+        expected_sd.append(psi.std(unbiased=False))
+        a = torch.softmax(psi, 0)
+        expected_entropy.append(-(a * a.log()).sum())
+    assert out["psi_sd"] == pytest.approx(float(torch.stack(expected_sd).mean()), rel=1e-5)
+    assert out["entropy"] == pytest.approx(float(torch.stack(expected_entropy).mean()), rel=1e-4)
+    assert out["uniform_entropy"] == pytest.approx(float(lengths.log().mean()), rel=1e-6)
+    assert out["entropy_gap"] > 0.5
 
 
 def test_fixed_sigma_relative_widths_follow_the_log_normal_law(split):

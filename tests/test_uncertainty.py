@@ -181,6 +181,10 @@ def test_the_command_writes_the_report_and_figures_and_refuses_to_overwrite(tiny
     }
     assert [f for f, _ in report["rejection"]["fcp"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert report["attention"]["users"] == users and report["seconds"] > 0
+    attention = report["attention"]
+    assert attention["entropy_gap"] == pytest.approx(
+        attention["uniform_entropy"] - attention["entropy"]
+    )
     again = ["uncertainty", "--run", str(tiny_run), "--samples", "20", "--out", str(out)]
     assert main(again) == 2
     assert "uncertainty.json exists: pass --overwrite" in capsys.readouterr().err
