@@ -145,12 +145,8 @@ class BAMF(nn.Module):
     def target_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """``q_i`` for ``items (...)``, shape ``(..., K)``."""
         if self.config.item_embeddings == "role":
-            return self.rows(self.target_embedding.weight, items)
-        return self.target_map(self.rows(self.item_embedding.weight, items))
-
-    def rows(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``table[index]`` through ``gather_rows``."""
-        return self.gather_rows(table, index)
+            return self.gather_rows(self.target_embedding.weight, items)
+        return self.target_map(self.gather_rows(self.item_embedding.weight, items))
 
     def guide_distribution(self, psi: torch.Tensor, spread) -> torch.distributions.Distribution:
         """The guide family's distribution of mean ``exp(psi)`` and spread ``spread``."""
@@ -164,9 +160,9 @@ class BAMF(nn.Module):
         ``psi_u (G, 1, L)``, ``psi_i (G, S, L)``; each sigma is ``guide_sigma`` (fixed) or a
         tensor of its psi's shape (learned).
         """
-        keys = self.rows(self.history_vectors(), batch.history)
+        keys = self.gather_rows(self.history_vectors(), batch.history)
         psi_user, sigma_user = self.spread.split(
-            self.user_scorer(self.rows(self.user_embedding.weight, batch.users), keys)
+            self.user_scorer(self.gather_rows(self.user_embedding.weight, batch.users), keys)
         )
         if isinstance(sigma_user, torch.Tensor):
             sigma_user = sigma_user.unsqueeze(-2)
@@ -183,10 +179,10 @@ class BAMF(nn.Module):
     ) -> torch.Tensor:
         """``x = h^T(W z + b)`` (``head = "affine"``) or ``h^T z + b`` (``"linear"``), with
         ``z = LN(p_u * c_u) * LN(q_i * c_i)``, from weights ``(..., G, S, L)``."""
-        values = self.rows(self.history_vectors(), batch.history)
+        values = self.gather_rows(self.history_vectors(), batch.history)
         user_context = user_weights @ values
         item_context = item_weights @ values
-        user = self.rows(self.user_embedding.weight, batch.users).unsqueeze(-2)
+        user = self.gather_rows(self.user_embedding.weight, batch.users).unsqueeze(-2)
         item = self.target_vectors(batch.items)
         z = self.user_norm(user * user_context) * self.item_norm(item * item_context)
         return self.head(z).squeeze(-1)
