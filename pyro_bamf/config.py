@@ -25,6 +25,7 @@ CHOICES = {
     "item_embeddings": ("role", "shared"),
     "head": ("affine", "linear"),
     "prior_loc": ("constant", "key"),
+    "attention_inputs": ("raw", "normalised"),
     "guide_spread": ("fixed", "learned"),
     "kl_weight": ("mean", "elbo"),
     "loss_reduction": ("mean", "sum"),
@@ -133,6 +134,7 @@ class BAMFConfig:
     prior_shape: float = 1.0
     prior_loc: str = "constant"
     prior_log_mean: float = 1.0
+    attention_inputs: str = "raw"
     elbo: str = "meanfield"
     kl_weight: str = "mean"
     kl_anneal_epochs: int = 100

@@ -148,6 +148,20 @@ class BAMF(nn.Module):
             return self.gather_rows(self.target_embedding.weight, items)
         return self.target_map(self.gather_rows(self.item_embedding.weight, items))
 
+    def attention_inputs(self, vectors: torch.Tensor) -> torch.Tensor:
+        """What the attention networks (score networks, key prior) read of ``vectors (..., K)``:
+        the vectors (``attention_inputs = "raw"``), or their directions at unit RMS
+        ``x / sqrt(mean_k x_k^2 + 1e-12)`` (``"normalised"``), whatever the embeddings' scale.
+
+        The likelihood reads the embeddings through ``LN(p_u * c_u)`` and ``LN(q_i * c_i)``,
+        which divide out most of their scale, so they stay near their initial RMS of 0.01; raw,
+        they reach the score network's first layer ~30x smaller than its bias, and every
+        ``psi_j`` of a history is nearly the same (docs/uncertainty.md).
+        """
+        if self.config.attention_inputs == "raw":
+            return vectors
+        return nn.functional.rms_norm(vectors, vectors.shape[-1:], eps=1e-12)
+
     def guide_distribution(self, psi: torch.Tensor, spread) -> torch.distributions.Distribution:
         """The guide family's distribution of mean ``exp(psi)`` and spread ``spread``."""
         if self.guide_takes_spread:
@@ -160,13 +174,13 @@ class BAMF(nn.Module):
         ``psi_u (G, 1, L)``, ``psi_i (G, S, L)``; each sigma is ``guide_sigma`` (fixed) or a
         tensor of its psi's shape (learned).
         """
-        keys = self.gather_rows(self.history_vectors(), batch.history)
-        psi_user, sigma_user = self.spread.split(
-            self.user_scorer(self.gather_rows(self.user_embedding.weight, batch.users), keys)
-        )
+        keys = self.gather_rows(self.attention_inputs(self.history_vectors()), batch.history)
+        user = self.attention_inputs(self.gather_rows(self.user_embedding.weight, batch.users))
+        psi_user, sigma_user = self.spread.split(self.user_scorer(user, keys))
         if isinstance(sigma_user, torch.Tensor):
             sigma_user = sigma_user.unsqueeze(-2)
-        item = self.item_scorer(self.target_vectors(batch.items), keys.unsqueeze(-3))
+        item = self.attention_inputs(self.target_vectors(batch.items))
+        item = self.item_scorer(item, keys.unsqueeze(-3))
         return (psi_user.unsqueeze(-2), sigma_user), self.spread.split(item)
 
     def attention_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +207,7 @@ class BAMF(nn.Module):
     def model(self, batch: Batch, obs_scale: float = 1.0, kl_scale: float = 1.0) -> torch.Tensor:
         """Prior over the attention scores, then the Bernoulli likelihood. Returns the logits."""
         self.register()
-        keys, mask = self.history_vectors(), batch.mask
+        keys, mask = self.attention_inputs(self.history_vectors()), batch.mask
         user_means = self.user_prior.item_log_means(keys)
         item_means = self.item_prior.item_log_means(keys)
         with pyro.plate("groups", mask.shape[0], dim=-1):

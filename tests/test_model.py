@@ -877,3 +877,60 @@ def test_linear_head_is_one_linear_layer_computing_the_affine_heads_functions(sp
     z = torch.randn(7, K)
     torch.testing.assert_close(linear.head(z), affine.head(z))
     assert set(linear.state_dict()) - set(affine.state_dict()) == {"head.weight", "head.bias"}
+
+
+# --------------------------------------------------------------------------- attention inputs
+
+
+@pytest.mark.parametrize("score_fn", ["concat", "prod"])
+@pytest.mark.parametrize("item_embeddings", ["role", "shared"])
+def test_normalised_attention_inputs_make_the_attention_scale_free(
+    split, score_fn, item_embeddings
+):
+    """With ``attention_inputs = "normalised"`` the attention ignores the embeddings' scale
+    (psi and the key prior unchanged when every embedding table is scaled 30x, its inputs at
+    unit RMS), while raw inputs let the scale move psi."""
+    batch = make_batch(split, "pointwise")
+    changes = dict(score_fn=score_fn, item_embeddings=item_embeddings, prior_loc="key")
+    for inputs in ("normalised", "raw"):
+        pyro.set_rng_seed(0)
+        model = BAMF(split.n_users, split.n_items, make_config(attention_inputs=inputs, **changes))
+        psi = torch.cat([p.flatten() for p in model.attention_logits(batch)])
+        prior = model.user_prior.item_log_means(model.attention_inputs(model.history_vectors()))
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.weight.mul_(30.0)
+        scaled = torch.cat([p.flatten() for p in model.attention_logits(batch)])
+        if inputs == "normalised":
+            torch.testing.assert_close(scaled, psi, rtol=1e-4, atol=1e-5)
+            scaled_prior = model.attention_inputs(model.history_vectors())
+            torch.testing.assert_close(model.user_prior.item_log_means(scaled_prior), prior)
+            rms = model.attention_inputs(model.history_vectors()).pow(2).mean(-1).sqrt()
+            torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-4, atol=0)
+        else:
+            assert (scaled - psi).abs().max() > 1e-2
+
+
+def test_normalised_attention_inputs_train_the_same_on_the_fast_path(split):
+    """The C kernels and row gather read the normalised inputs as the definition does: one SVI
+    step gives the same loss and parameters."""
+    config = make_config(attention_inputs="normalised", dropout=0.3)
+    batch = make_batch(split, "pointwise")
+    results = []
+    for model in (
+        BAMF(split.n_users, split.n_items, config),
+        build_model(split.n_users, split.n_items, config.replace(fused_scores=True), "cpu"),
+    ):
+        torch.manual_seed(0)
+        model.load_state_dict(BAMF(split.n_users, split.n_items, config).state_dict())
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        loss = MeanFieldELBO().differentiable_loss(model.model, model.guide, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.detach(), grads))
+    assert type(model.user_scorer).__name__ == "FastScoreNetwork"
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
