@@ -7,6 +7,8 @@ For a batch of examples with unmasked history positions ``j``:
     entropy gap     = log n_valid - entropy    (0 for uniform attention)
     psi SD          = the standard deviation of psi_j over a row's history (0: constant scores)
     interval width  = q95(alpha_j) - q05(alpha_j) over posterior draws (per user, no target)
+    anchor rank     = 1 + #{j : psi_j >= psi_anchor, j != anchor} on the item side, for a
+                      target whose planted anchor is in its history (pyro_bamf.data.planted)
 """
 
 from __future__ import annotations
@@ -114,3 +116,45 @@ def interval_widths(
         absolute.append(table["width"].mean())
         relative.append((table["width"] / table["median"]).mean())
     return {"absolute": np.array(absolute), "relative": np.array(relative)}
+
+
+@torch.no_grad()
+def anchor_recovery(model: BAMF, split, parent: np.ndarray, part: str = "test") -> dict:
+    """Whether the item-side attention finds each target's planted anchor, over the positives
+    of ``part`` whose anchor ``parent[item]`` is in the user's history (module doc).
+
+    Returns the number of such targets ``n``, the share whose anchor ranks first ``top1`` (and
+    its chance level ``top1_chance``, the mean of ``1 / n_valid``), the mean ``anchor_rank``
+    relative to the history length (``rank_share``, 0.5 for a random ordering), and the mean
+    ``anchor_weight`` ``n_valid * a_anchor`` of the normalised expected attention (1 for
+    uniform weights).
+    """
+    ranks, lengths, weights = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in example_batches(split, part, dim=model.config.embedding_dim):
+            _, psi = model.attention_logits(batch)
+            psi, mask = psi[:, 0], batch.mask[:, 0]
+            anchors = torch.as_tensor(parent)[batch.items[:, 0]]
+            at_anchor = (batch.history == anchors.unsqueeze(-1)) & mask & (anchors >= 0)[:, None]
+            found = at_anchor.any(-1)
+            psi_anchor = torch.where(at_anchor, psi, 0.0).sum(-1, keepdim=True)
+            above = ((psi >= psi_anchor) & mask & ~at_anchor).sum(-1)
+            log_a = torch.log_softmax((model.config.tau * psi).masked_fill(~mask, -torch.inf), -1)
+            count = mask.sum(-1)
+            ranks.append((1 + above)[found])
+            lengths.append(count[found])
+            weights.append((count * torch.where(at_anchor, log_a, -torch.inf).exp().sum(-1))[found])
+    finally:
+        model.train(was_training)
+    rank, length = torch.cat(ranks).double(), torch.cat(lengths).double()
+    if rank.numel() == 0:
+        raise ValueError(f"no positive of {part!r} has its planted anchor in its history")
+    return {
+        "n": int(rank.numel()),
+        "top1": float((rank == 1).double().mean()),
+        "top1_chance": float((1 / length).mean()),
+        "rank_share": float(((rank - 1) / (length - 1).clamp(min=1)).mean()),
+        "anchor_weight": float(torch.cat(weights).double().mean()),
+    }

@@ -10,6 +10,7 @@ from pyro_bamf.data.movielens import (
     load_movielens,
     movie_titles,
 )
+from pyro_bamf.data.planted import make_planted, planted_anchors
 from pyro_bamf.data.sources import load_data, resolve_spec
 from pyro_bamf.data.split import Candidates, ImplicitSplit, Positives
 from pyro_bamf.data.synthetic import make_synthetic, planted_preferences
@@ -29,8 +30,10 @@ __all__ = [
     "load_data",
     "load_movielens",
     "load_table",
+    "make_planted",
     "make_synthetic",
     "movie_titles",
+    "planted_anchors",
     "planted_preferences",
     "resolve_spec",
 ]

@@ -9,37 +9,49 @@ from pathlib import Path
 
 from pyro_bamf.data.interactions import DataError, Interactions, load_table
 from pyro_bamf.data.movielens import NAME, fetch_movielens, load_movielens
+from pyro_bamf.data.planted import make_planted
 from pyro_bamf.data.synthetic import make_synthetic
 
 SPEC_HELP = (
     "a path (MovieLens zip or folder, or a .csv/.tsv/.txt/.dat/.parquet table with userId and "
-    "movieId columns), 'movielens', 'synthetic', 'synthetic:key=value,...' or 'auto'"
+    "movieId columns), 'movielens', 'synthetic[:key=value,...]', 'planted[:key=value,...]' "
+    "or 'auto'"
 )
-_SYNTHETIC_KEYS = {
-    "n_users": int,
-    "n_items": int,
-    "rank": int,
-    "mean_interactions": float,
-    "seed": int,
+_GENERATORS = {  # keyword -> (generator, its options and their types)
+    "synthetic": (
+        make_synthetic,
+        {"n_users": int, "n_items": int, "rank": int, "mean_interactions": float, "seed": int},
+    ),
+    "planted": (
+        make_planted,
+        {
+            "n_users": int,
+            "n_items": int,
+            "n_anchors": int,
+            "anchors_per_user": int,
+            "followers_per_anchor": int,
+            "noise": int,
+            "seed": int,
+        },
+    ),
 }
 _KIND = {int: "an integer", float: "a numeric"}
 
 
-def _parse_synthetic(options: str) -> dict[str, int | float]:
-    """Parse ``"n_users=200,seed=3"`` into make_synthetic keyword arguments."""
+def _parse_options(keyword: str, options: str) -> dict[str, int | float]:
+    """Parse ``"n_users=200,seed=3"`` into keyword arguments of the ``keyword`` generator."""
+    keys = _GENERATORS[keyword][1]
     kwargs: dict[str, int | float] = {}
     for item in filter(None, (part.strip() for part in options.split(","))):
         key, _, value = (s.strip() for s in item.partition("="))
-        if key not in _SYNTHETIC_KEYS:
-            raise DataError(
-                f"unknown synthetic option {key!r}; valid keys: {', '.join(_SYNTHETIC_KEYS)}"
-            )
-        convert = _SYNTHETIC_KEYS[key]
+        if key not in keys:
+            raise DataError(f"unknown {keyword} option {key!r}; valid keys: {', '.join(keys)}")
+        convert = keys[key]
         try:
             kwargs[key] = convert(value)
         except ValueError as err:
             raise DataError(
-                f"synthetic option {item!r} needs {_KIND[convert]} value, as in {key}=3"
+                f"{keyword} option {item!r} needs {_KIND[convert]} value, as in {key}=3"
             ) from err
     return kwargs
 
@@ -87,6 +99,7 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
         spec: a path (MovieLens zip / folder / ratings.csv, or any table ``load_table`` reads);
             ``"movielens"`` (from the cache only, never the network); ``"synthetic"`` or
             ``"synthetic:n_users=200,n_items=400,seed=3"`` (overrides of make_synthetic);
+            ``"planted"`` or ``"planted:noise=20,seed=1"`` (overrides of make_planted);
             ``"auto"`` (MovieLens from the cache, else fetched, else synthetic with a warning).
         data_dir: the cache folder for ``"movielens"`` and ``"auto"`` (see ``cache_dir``).
 
@@ -101,8 +114,8 @@ def load_data(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None
     keyword, _, options = text.partition(":")
     if keyword == "movielens" and not options:
         return load_movielens(data_dir=data_dir)
-    if keyword == "synthetic":
-        return make_synthetic(**_parse_synthetic(options))
+    if keyword in _GENERATORS:
+        return _GENERATORS[keyword][0](**_parse_options(keyword, options))
     if keyword == "auto" and not options:
         return _auto(data_dir)
     raise DataError(f"unknown data spec {text!r}: no such file or folder; expected {SPEC_HELP}")
@@ -117,6 +130,7 @@ def _as_path(spec: str | os.PathLike) -> Path | None:
 
 def resolve_spec(spec: str) -> str:
     """``spec`` with a path made absolute, so that it names the same data from any folder;
-    keywords (``movielens``, ``auto``, ``synthetic:...``) are returned as they are."""
+    keywords (``movielens``, ``auto``, ``synthetic:...``, ``planted:...``) are returned as
+    they are."""
     path = _as_path(spec) if spec.strip() else None
     return spec if path is None else str(path.resolve())
