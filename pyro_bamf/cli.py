@@ -8,15 +8,13 @@ import json
 import signal
 import sys
 import warnings
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
 from .kernels import KernelUnavailableError
-from .runs import evaluate_run, explain_user, load_run, train_run, write_text
+from .runs import evaluate_run, explain_user, load_run, train_run
 from .training import TrainingCollapsed
 
 
@@ -121,54 +119,14 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _uncertainty(args: argparse.Namespace) -> int:
-    import time
+    from .judging import judge_run, report_path
 
-    from . import views
-    from .runs import evaluation_pool
-    from .uncertainty import first_positives, uncertainty_report
-
-    out = Path(args.out or args.run)
-    prefix = "" if args.method == "posterior" else f"{args.method}_"
-    report_path = out / f"{prefix}uncertainty.json"
-    if report_path.exists() and not args.overwrite:
-        raise ValueError(f"{report_path} exists: pass --overwrite to replace it")
-    if args.positives < 0:
-        raise ValueError(f"--positives must be >= 0 (0: all), got {args.positives}")
-    if args.width_users is not None and args.width_users < 2:
-        raise ValueError(f"--width-users must be >= 2 (a correlation), got {args.width_users}")
-    if args.samples < 2:
-        raise ValueError(f"--samples must be >= 2 (a paired t-test over draws), got {args.samples}")
-    rec = load_run(args.run)
-    pool = evaluation_pool(rec.config, rec.split)
-    if pool is None:
-        raise ValueError("the run evaluates by full ranking; the uncertainty suite needs a pool")
-    if args.positives:
-        pool = first_positives(pool, args.positives)
-    start = time.perf_counter()
-    report = uncertainty_report(
-        rec.model, rec.split, pool, args.samples, width_users=args.width_users,
-        seed=rec.config.seed, ties=rec.config.ties, method=args.method,
+    report = judge_run(
+        args.run, args.samples, args.positives, args.method, args.width_users, args.out,
+        args.overwrite,
     )  # fmt: skip
-    report["seconds"] = time.perf_counter() - start
-    report["positives_per_user"] = args.positives or "all"
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        f"{prefix}reliability.png": views.plot_reliability(
-            {key: np.array(value) for key, value in report.pop("bins").items()},
-            report["calibration"],
-        ),
-        f"{prefix}rejection.png": views.plot_rejection(report["rejection"]),
-    }
-    if "width_history" in report:
-        figures["width_history.png"] = views.plot_width_history(
-            **report.pop("width_history"),
-            rho=report["attention"]["spearman_width_log_history"],
-        )
-    for name, fig in figures.items():
-        views.save(fig, out / name)
-    write_text(report_path, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    print(f"wrote {report_path} and {', '.join(figures)} in {out}", file=sys.stderr)
+    print(f"wrote {report_path(args.out or args.run, args.method)} and figures", file=sys.stderr)
     return 0
 
 

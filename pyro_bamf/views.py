@@ -143,6 +143,29 @@ def plot_width_history(log_length: np.ndarray, width: np.ndarray, rho: float) ->
     return fig
 
 
+def plot_anchor_recovery(results: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Per configuration (:func:`pyro_bamf.diagnostics.anchor_recovery`): the share of
+    targets whose planted anchor gets the largest attention weight, beside chance, and the
+    anchor's weight relative to uniform attention."""
+    names = list(results)
+    x = np.arange(len(names))
+    fig = Figure(figsize=(2.2 + 1.6 * len(names), 3.5))
+    left, right = fig.subplots(1, 2)
+    left.bar(x, [results[n]["top1"] for n in names], color="tab:blue", alpha=0.7)
+    left.plot(x, [results[n]["top1_chance"] for n in names], "_", ms=30, mew=2, color="black",
+              label="chance (1 / history length)")  # fmt: skip
+    left.set_ylabel("anchor ranked first (share of targets)")
+    left.legend(fontsize=7)
+    right.bar(x, [results[n]["anchor_weight"] for n in names], color="tab:orange", alpha=0.7)
+    right.axhline(1.0, ls=":", color="black", label="uniform attention")
+    right.set_ylabel("anchor weight / uniform weight")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xticks(x, names, fontsize=7, rotation=15)
+    fig.tight_layout()
+    return fig
+
+
 def check_figure_path(path: str | os.PathLike) -> Path:
     """``path`` if it names a format :func:`save` writes, else ``ValueError`` (check before
     long computations)."""
