@@ -7,7 +7,7 @@ Each function returns a :class:`matplotlib.figure.Figure`; :func:`save` writes i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,31 @@ def plot_attention(
         f"history items, {samples.user_weights.shape[0]} posterior draws",
         fontsize=10,
     )
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_grid(
+    panels: Sequence[Sequence[tuple[str, AttentionSamples]]],
+    titles: Mapping[int, str] | None = None,
+    top_n: int = 12,
+) -> Figure:
+    """User-side attention of several users (rows) under several models (columns): each
+    panel ``(title, samples)`` shows the median and 90 % interval of the ``top_n`` largest
+    median weights and, dotted, the mean median weight over the whole history (what every item
+    would get from uniform attention of the same total), on one weight axis per row."""
+    rows, cols = len(panels), max(len(row) for row in panels)
+    fig = Figure(figsize=(5.2 * cols, (0.24 * top_n + 1.0) * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for row, axes_row in zip(panels, axes, strict=True):
+        high = max(float(samples.summary().head(top_n)["high"].max()) for _, samples in row)
+        for (title, samples), ax in zip(row, axes_row, strict=False):
+            table = samples.summary().head(top_n)
+            labels = [_label(int(i), titles, 30) for i in table["item"]]
+            summary = {k: table[k].to_numpy() for k in ("low", "median", "high")}
+            _interval_panel(ax, labels, summary, "attention weight alpha_j", title)
+            ax.axvline(samples.summary()["median"].mean(), ls=":", color="gray", lw=1)
+            ax.set_xlim(0, 1.05 * high)
     fig.tight_layout()
     return fig
 
