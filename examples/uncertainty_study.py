@@ -33,14 +33,17 @@ CONFIGS = {
                         "prior_shape": GAMMA_SHAPE},
     "f_normalised": {"attention_inputs": "normalised"},
     "g_normalised_learned": {"attention_inputs": "normalised", "guide_spread": "learned"},
+    "h_normalised_tau2": {"attention_inputs": "normalised", "tau": 2.0},
 }  # fmt: skip
-COLUMNS = {  # column -> where it is in (metrics.json, uncertainty.json, mc_dropout report)
+COLUMNS = {  # column -> where it is in (metrics.json, uncertainty.json, mc_dropout report or None)
     "NDCG@10": lambda m, u, d: m["test"]["ndcg@10"],
     "ECE": lambda m, u, d: u["calibration"]["ece"],
     "ECE@10": lambda m, u, d: u["calibration"]["ece@10"],
     "AUROC": lambda m, u, d: u["pairs"]["auroc_misorder"],
     "- margin": lambda m, u, d: u["pairs"]["auroc_misorder"] - u["pairs"]["auroc_misorder_margin"],
-    "- MC dropout": lambda m, u, d: u["pairs"]["auroc_misorder"] - d["pairs"]["auroc_misorder"],
+    "- MC dropout": lambda m, u, d: (
+        d and u["pairs"]["auroc_misorder"] - d["pairs"]["auroc_misorder"]
+    ),
     "PAvPU@0.05": lambda m, u, d: u["pairs"]["pavpu@0.05"],
     "rho(width, log L)": lambda m, u, d: u["attention"]["spearman_width_log_history"],
     "cov90": lambda m, u, d: u["calibration"]["coverage90_positives@10"],
@@ -54,14 +57,15 @@ def run_name(config: str, seed: int) -> str:
     return config if seed == 42 else f"{config}_s{seed}"
 
 
-def study_run(out: Path, config: str, seed: int, samples: int) -> dict:
-    """Train (or resume, or reuse) one run, judge it by both methods; the table's values."""
+def study_run(out: Path, config: str, seed: int, samples: int, baseline: bool) -> dict:
+    """Train (or resume, or reuse) one run, judge it (and by MC dropout if ``baseline``); the
+    table's values."""
     run = out / run_name(config, seed)
     if not (run / "metrics.json").exists():
         settings = BAMFConfig.from_toml(CONFIG).replace(seed=seed, **CONFIGS[config])
         train_run(settings, run, progress=False, resume=(run / "INCOMPLETE").exists())
-    reports = {}
-    for method in ("posterior", "mc_dropout"):
+    reports = {"mc_dropout": None}
+    for method in ("posterior", "mc_dropout") if baseline else ("posterior",):
         path = report_path(run, method)
         if not path.exists():
             judge_run(run, samples, method=method)
@@ -71,8 +75,11 @@ def study_run(out: Path, config: str, seed: int, samples: int) -> dict:
             for name, read in COLUMNS.items()}  # fmt: skip
 
 
-def cell(values: list[float]) -> str:
-    """``mean`` for one seed, ``mean ± SD`` for several."""
+def cell(values: list[float | None]) -> str:
+    """``mean`` for one seed, ``mean ± SD`` for several (over the runs that have a value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
     digits = 0 if all(float(v).is_integer() for v in values) else 3
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -85,11 +92,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--samples", type=int, default=200, help="draws per user and method")
+    parser.add_argument("--baseline-seeds", nargs="*", type=int, default=[42],
+                        help="seeds whose runs are also judged by MC dropout")  # fmt: skip
     args = parser.parse_args()
     print(f"| configuration | seeds | {' | '.join(COLUMNS)} |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for config in args.configs:
-        rows = [study_run(args.out, config, seed, args.samples) for seed in args.seeds]
+        rows = [study_run(args.out, config, seed, args.samples, seed in args.baseline_seeds)
+                for seed in args.seeds]  # fmt: skip
         cells = [cell([row[name] for row in rows]) for name in COLUMNS]
         print(f"| {config} | {len(rows)} | {' | '.join(cells)} |", flush=True)
 
