@@ -168,25 +168,28 @@ def plot_width_history(log_length: np.ndarray, width: np.ndarray, rho: float) ->
     return fig
 
 
-def plot_anchor_recovery(results: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Per configuration (:func:`pyro_bamf.diagnostics.anchor_recovery`): the share of
-    targets whose planted anchor gets the largest attention weight, beside chance, and the
-    anchor's weight relative to uniform attention."""
+def plot_anchor_recovery(results: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+    """Per configuration, over seeds (:func:`pyro_bamf.diagnostics.anchor_recovery` of each):
+    the share of targets whose planted anchor gets the largest attention weight, beside
+    chance, and the anchor's weight relative to uniform attention; bars are seed means, dots
+    single seeds."""
     names = list(results)
     x = np.arange(len(names))
     fig = Figure(figsize=(2.2 + 1.6 * len(names), 3.5))
     left, right = fig.subplots(1, 2)
-    left.bar(x, [results[n]["top1"] for n in names], color="tab:blue", alpha=0.7)
-    left.plot(x, [results[n]["top1_chance"] for n in names], "_", ms=30, mew=2, color="black",
-              label="chance (1 / history length)")  # fmt: skip
+    for ax, key, color in ((left, "top1", "tab:blue"), (right, "anchor_weight", "tab:orange")):
+        values = [[row[key] for row in results[name]] for name in names]
+        ax.bar(x, [np.mean(v) for v in values], color=color, alpha=0.6)
+        for position, seeds in zip(x, values, strict=True):
+            ax.plot([position] * len(seeds), seeds, "o", color="black", ms=3)
+        ax.set_xticks(x, names, fontsize=7, rotation=15)
+    chance = [np.mean([row["top1_chance"] for row in results[n]]) for n in names]
+    left.plot(x, chance, "_", ms=30, mew=2, color="gray", label="chance (1 / history length)")
     left.set_ylabel("anchor ranked first (share of targets)")
     left.legend(fontsize=7)
-    right.bar(x, [results[n]["anchor_weight"] for n in names], color="tab:orange", alpha=0.7)
-    right.axhline(1.0, ls=":", color="black", label="uniform attention")
+    right.axhline(1.0, ls=":", color="gray", label="uniform attention")
     right.set_ylabel("anchor weight / uniform weight")
     right.legend(fontsize=7)
-    for ax in (left, right):
-        ax.set_xticks(x, names, fontsize=7, rotation=15)
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_bamf import BAMFRecommender
 from pyro_bamf.config import BAMFConfig
 from pyro_bamf.data import DataError, ImplicitSplit, load_data, make_planted, planted_anchors
 from pyro_bamf.diagnostics import anchor_recovery
@@ -102,3 +103,22 @@ def test_anchor_recovery_refuses_a_part_without_anchored_targets(planted_split):
     split, parent = planted_split
     with pytest.raises(ValueError, match="no positive of 'test' has its planted anchor"):
         anchor_recovery(SetAttention(parent, 1.0), split, np.full_like(parent, -1))
+
+
+def test_bamf_with_normalised_attention_inputs_can_find_the_planted_anchors():
+    """Trained on 800 users of planted data (seed 0), the item-side attention ranks most
+    targets' anchors first (chance 1/13) and gives them twice the uniform weight. Whether it
+    does depends on the seed (docs/uncertainty.md); seed 0 is one where it does."""
+    data = make_planted(n_users=800, seed=0)
+    split = ImplicitSplit.from_interactions(data, seed=0)
+    parent = planted_anchors(300, 30, seed=0)
+    config = BAMFConfig(
+        data="planted", score_fn="prod", attention_inputs="normalised", lr=3e-3, max_epochs=8,
+        warmup_epochs=8, head="linear", compile_eval=False, seed=0,
+    )  # fmt: skip
+    rec = BAMFRecommender(config)
+    rec.fit(split, progress=False)
+    found = anchor_recovery(rec.model, split, parent)
+    assert found["n"] > 300
+    assert found["top1"] > 5 * found["top1_chance"]
+    assert found["anchor_weight"] > 1.5

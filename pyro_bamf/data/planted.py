@@ -27,12 +27,12 @@ def planted_anchors(n_items: int, n_anchors: int, seed: int) -> np.ndarray:
 
 
 def make_planted(
-    n_users: int = 600,
-    n_items: int = 1000,
-    n_anchors: int = 100,
-    anchors_per_user: int = 3,
-    followers_per_anchor: int = 2,
-    noise: int = 15,
+    n_users: int = 1500,
+    n_items: int = 300,
+    n_anchors: int = 30,
+    anchors_per_user: int = 2,
+    followers_per_anchor: int = 3,
+    noise: int = 10,
     seed: int = 0,
 ) -> Interactions:
     """Sample the planted-attention data set (module doc); the same arguments give identical
