@@ -42,7 +42,7 @@ def measure(name: str, config: BAMFConfig, out: Path, parent) -> dict:
     """Train one configuration (or load its finished run) and measure its attention."""
     run = out / name.replace(" ", "_").replace(",", "")
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() \
-        else train_run(config, run, progress=False)  # fmt: skip
+        else train_run(config, run, progress=False, log_epochs=False)  # fmt: skip
     rec = load_run(run)
     found = anchor_recovery(rec.model, rec.split, parent)
     uniformity = attention_uniformity(rec.model, example_batches(rec.split, "test"))
