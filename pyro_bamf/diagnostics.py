@@ -7,8 +7,7 @@ For a batch of examples with unmasked history positions ``j``:
     entropy gap     = log n_valid - entropy    (0 for uniform attention)
     psi SD          = the standard deviation of psi_j over a row's history (0: constant scores)
     interval width  = q95(alpha_j) - q05(alpha_j) over posterior draws (per user, no target)
-    anchor rank     = 1 + #{j : psi_j >= psi_anchor, j != anchor} on the item side, for a
-                      target whose planted anchor is in its history (pyro_bamf.data.planted)
+    anchor rank     = 1 + #{j != anchor : psi_j >= psi_anchor}, item side (planted data)
 """
 
 from __future__ import annotations
