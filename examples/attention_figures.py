@@ -26,6 +26,8 @@ def choose_users(rec, users: int, minimum: int, samples: int, seed: int) -> dict
     lengths = rec.split.history_lengths
     rng = np.random.default_rng(seed)
     pool = rng.permutation(np.flatnonzero(lengths >= minimum))[:users]
+    if pool.size < 2:
+        raise SystemExit(f"fewer than 2 users with at least {minimum} history items")
     order = pool[np.argsort(lengths[pool], kind="stable")]
     width = interval_widths(rec.model, rec.split, pool, samples)["relative"]
     return {
@@ -47,9 +49,13 @@ def main() -> None:
     parser.add_argument("--out", default="attention_contrast.png", help=".png or .svg")
     args = parser.parse_args()
     views.check_figure_path(args.out)
+    if not all("=" in spec for spec in args.run):
+        parser.error("--run takes NAME=DIR")
     runs = dict(spec.split("=", 1) for spec in args.run)
     recs = {name: load_run(path) for name, path in runs.items()}
     last = recs[list(recs)[-1]]
+    if len({rec.split.fingerprint for rec in recs.values()}) > 1:
+        parser.error("the runs were trained on different splits: their users do not match")
     chosen = choose_users(last, args.users, args.min, args.samples, args.seed)
     panels = []
     for why, user in chosen.items():

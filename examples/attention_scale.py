@@ -24,7 +24,14 @@ from pyro_bamf.runs import load_run
 from pyro_bamf.training import NegativeELBO, kl_lambda, loss_scales, make_elbo
 
 GROUPS = {  # name -> parameter-name prefixes
-    "embeddings": ("user_embedding", "target_embedding", "history_embedding", "item_embedding"),
+    "embeddings": (
+        "user_embedding",
+        "target_embedding",
+        "history_embedding",
+        "item_embedding",
+        "target_map",
+        "history_map",
+    ),  # fmt: skip
     "score networks": ("user_scorer", "item_scorer"),
     "key priors": ("user_prior", "item_prior"),
     "layer norms, head": ("user_norm", "item_norm", "head"),

@@ -14,7 +14,7 @@ Every configuration starts from examples/configs/pointwise_concat.toml (the pape
 with ``--set`` applied to all (by default ``lr = 3e-3``: the data set has ~5x fewer training
 examples than MovieLens and no popularity to learn first; and ``compile_eval = false``). The
 data: 1,500 users, 300 items of which 30 anchors; each user holds 2 anchors, 3 followers of
-each and 10 noise followers (19 items, ~13 of them in a training example's history).
+each and 10 noise followers (18 items, ~13 of them in a training example's history).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def measure(name: str, config: BAMFConfig, out: Path, parent) -> dict:
         else train_run(config, run, progress=False, log_epochs=False)  # fmt: skip
     rec = load_run(run)
     found = anchor_recovery(rec.model, rec.split, parent)
-    uniformity = attention_uniformity(rec.model, example_batches(rec.split, "test"))
+    batches = example_batches(rec.split, "test", dim=rec.config.embedding_dim)
+    uniformity = attention_uniformity(rec.model, batches)
     return {**found, "entropy_gap": uniformity["entropy_gap"], "psi_sd": uniformity["psi_sd"],
             "ndcg@10": metrics["test"]["ndcg@10"], "epochs": metrics["best_epoch"]}  # fmt: skip
 

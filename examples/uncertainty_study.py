@@ -63,7 +63,8 @@ def study_run(out: Path, config: str, seed: int, samples: int, baseline: bool) -
     run = out / run_name(config, seed)
     if not (run / "metrics.json").exists():
         settings = BAMFConfig.from_toml(CONFIG).replace(seed=seed, **CONFIGS[config])
-        train_run(settings, run, progress=False, resume=(run / "INCOMPLETE").exists())
+        resume = (run / "checkpoint.pt").exists()
+        train_run(settings, run, progress=False, log_epochs=False, resume=resume)
     reports = {"mc_dropout": None}
     for method in ("posterior", "mc_dropout") if baseline else ("posterior",):
         path = report_path(run, method)

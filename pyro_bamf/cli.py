@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_data_fetch)
     describe = data_commands.add_parser("describe", help="print data statistics as JSON")
     describe.add_argument(
-        "--data", required=True, help="a path, movielens, auto, synthetic[:k=v,...]"
+        "--data", required=True, help="a path, movielens, auto, synthetic[:...] or planted[:...]"
     )
     describe.set_defaults(func=_data_describe)
 

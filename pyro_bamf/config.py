@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .attention import SCORE_NETWORKS
+from .data.sources import SPEC_HELP
 from .families import GUIDES, PRIORS, weibull_prior
 from .registry import RegistryError, accepts
 
@@ -103,7 +104,7 @@ class BAMFConfig:
     """Every setting of a BAMF run. ``--set key=value`` and TOML files use these names.
 
     Data: ``data`` is a path, ``movielens`` (cached copy), ``auto`` (MovieLens, else synthetic
-    with a warning) or ``synthetic[:key=value,...]``.
+    with a warning), ``synthetic[:key=value,...]`` or ``planted[:key=value,...]``.
 
     ``score_fn``, ``prior_family`` and ``guide_family`` take a registered name, an import path
     ``"package.module:name"`` or the factory itself, which is recorded by its registered name or
@@ -171,7 +172,7 @@ class BAMFConfig:
             if getattr(self, key) not in options:
                 raise ConfigError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
         if not self.data.strip():
-            raise ConfigError("data is empty: name a path, movielens, auto or synthetic[:k=v,...]")
+            raise ConfigError(f"data is empty: expected {SPEC_HELP}")
         for key, bounds in RANGES.items():
             bounds.check(key, getattr(self, key))
         group = Range(self.group_size, RANGES["batch_size"].high)

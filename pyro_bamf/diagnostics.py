@@ -123,19 +123,24 @@ def anchor_recovery(model: BAMF, split, parent: np.ndarray, part: str = "test") 
     of ``part`` whose anchor ``parent[item]`` is in the user's history (module doc).
 
     Returns the number of such targets ``n``, the share whose anchor ranks first ``top1`` (and
-    its chance level ``top1_chance``, the mean of ``1 / n_valid``), the mean ``anchor_rank``
-    relative to the history length (``rank_share``, 0.5 for a random ordering), and the mean
+    its chance level ``top1_chance``, the mean of ``1 / n_valid``), the mean of
+    ``(rank - 1) / (n_valid - 1)`` (``rank_share``: 0 first, 1 last, 0.5 for a random order;
+    ties count against the anchor, so a constant ``psi`` gives 1), and the mean
     ``anchor_weight`` ``n_valid * a_anchor`` of the normalised expected attention (1 for
-    uniform weights).
+    uniform weights). ``parent``: int ``(n_items,)``, as :func:`pyro_bamf.data.planted_anchors`.
     """
-    ranks, lengths, weights = [], [], []
+    if part not in ("loo", "val", "test"):
+        raise ValueError(f"part must be 'loo', 'val' or 'test', got {part!r}")
+    if len(parent) != split.n_items:
+        raise ValueError(f"parent has {len(parent)} entries; the split has {split.n_items} items")
+    ranks, lengths, weights = [torch.zeros(0)], [torch.zeros(0)], []
     was_training = model.training
     model.eval()
     try:
         for batch in example_batches(split, part, dim=model.config.embedding_dim):
             _, psi = model.attention_logits(batch)
             psi, mask = psi[:, 0], batch.mask[:, 0]
-            anchors = torch.as_tensor(parent)[batch.items[:, 0]]
+            anchors = torch.as_tensor(parent, device=psi.device)[batch.items[:, 0]]
             at_anchor = (batch.history == anchors.unsqueeze(-1)) & mask & (anchors >= 0)[:, None]
             found = at_anchor.any(-1)
             psi_anchor = torch.where(at_anchor, psi, 0.0).sum(-1, keepdim=True)

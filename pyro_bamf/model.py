@@ -11,7 +11,8 @@ For a group of examples sharing user ``u`` with targets ``i`` and history ``j in
     1 ~ Bernoulli(sigmoid(x_pos - x_neg))     pairwise    (site "obs", shape (G,))
 
 The guide draws ``s_j ~ LogNormal(psi_j - sq^2/2, sq)`` with ``psi_j = f(query, h_j)``; the user
-module's query is ``p_u``, the item module's ``q_i``; ``sq`` is fixed or learned per weight
+module's query is ``p_u``, the item module's ``q_i`` (``attention_inputs = "normalised"``: ``f``
+and the key prior read them, and ``h_j``, at unit RMS); ``sq`` is fixed or learned per weight
 (``guide_spread``). These are the default families; others of the same means are set by
 ``prior_family`` and ``guide_family`` (:mod:`pyro_bamf.families`), and the score network ``f``
 by ``score_fn`` (:mod:`pyro_bamf.attention`): registered names, import paths or the objects.

@@ -24,6 +24,7 @@ from .atomic import atomic_path
 from .batch import groups_per_batch
 from .config import BAMFConfig, ConfigError
 from .data import Candidates, ImplicitSplit, load_data, movie_titles, resolve_spec
+from .data.sources import GENERATED
 from .distributed import finish_distributed, init_distributed
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
@@ -445,7 +446,7 @@ def explain_user(
 def item_titles(recommender: BAMFRecommender) -> dict[int, str]:
     """Item index -> title from ``movies.csv`` beside the run's MovieLens data ({} if none)."""
     spec = recommender.config.data
-    if spec.startswith("synthetic"):
+    if spec.startswith(GENERATED):
         return {}
     by_id = movie_titles(None if spec in ("movielens", "auto") else spec)
     ids = recommender.split.data.item_ids

@@ -83,6 +83,8 @@ def plot_attention_grid(
     axes = fig.subplots(rows, cols, squeeze=False)
     for row, axes_row in zip(panels, axes, strict=True):
         high = max(float(samples.summary().head(top_n)["high"].max()) for _, samples in row)
+        for ax in axes_row[len(row) :]:
+            ax.set_visible(False)
         for (title, samples), ax in zip(row, axes_row, strict=False):
             table = samples.summary().head(top_n)
             labels = [_label(int(i), titles, 30) for i in table["item"]]

@@ -511,7 +511,7 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
         "empty data spec (train --set data=)",
         Cli(lambda tmp: train_argv(tmp, "data=")),
         2,
-        r"data is empty: name a path, movielens, auto or synthetic",
+        r"data is empty: expected a path \(MovieLens zip or folder.*planted",
     ),
     (
         "empty data spec (data describe --data '')",

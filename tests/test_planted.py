@@ -50,7 +50,7 @@ def test_same_seed_same_data_and_the_spec_names_it():
     [
         (dict(n_anchors=2, anchors_per_user=2), "must exceed anchors_per_user"),
         (dict(n_items=30), "must leave each anchor more than"),
-        (dict(noise=200), "noise=200 exceeds"),
+        (dict(noise=200), "noise=200 exceeds the 88 followers of other anchors"),
         (dict(seed=-1), "non-negative integer"),
         (dict(followers_per_anchor=0), "followers_per_anchor >= 1"),
     ],
@@ -115,7 +115,8 @@ def test_bamf_with_normalised_attention_inputs_finds_the_planted_anchors():
     split = ImplicitSplit.from_interactions(data, seed=1)
     parent = planted_anchors(300, 30, seed=1)
     config = BAMFConfig.from_toml(PAPER).replace(
-        data="planted", score_fn="prod", attention_inputs="normalised", lr=3e-3, max_epochs=5,
+        data="planted:seed=1", score_fn="prod", attention_inputs="normalised", lr=3e-3,
+        max_epochs=5,
         warmup_epochs=5, compile_eval=False, retain_freed_memory=False, seed=1,
     )  # fmt: skip
     rec = BAMFRecommender(config)

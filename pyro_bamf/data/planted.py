@@ -54,14 +54,18 @@ def make_planted(
         )
     parent = planted_anchors(n_items, n_anchors, seed)
     children = [np.flatnonzero(parent == a) for a in range(n_anchors)]
+    fewest_others = n_items - n_anchors - sum(sorted(map(len, children))[-anchors_per_user:])
+    if noise > fewest_others:
+        raise DataError(
+            f"noise={noise} exceeds the {fewest_others} followers of other anchors that every "
+            "user is sure to have"
+        )
     rng = np.random.default_rng([seed, 1])
     rows = []
     for _ in range(n_users):
         anchors = rng.choice(n_anchors, anchors_per_user, replace=False)
         driven = [rng.choice(children[a], followers_per_anchor, replace=False) for a in anchors]
         others = np.flatnonzero((parent >= 0) & ~np.isin(parent, anchors))
-        if others.size < noise:
-            raise DataError(f"noise={noise} exceeds the {others.size} followers of other anchors")
         rows.append(np.concatenate([anchors, *driven, rng.choice(others, noise, replace=False)]))
     items = np.concatenate(rows)
     return Interactions(

@@ -35,6 +35,7 @@ _GENERATORS = {  # keyword -> (generator, its options and their types)
         },
     ),
 }
+GENERATED = tuple(_GENERATORS)  # the keywords of generated (synthetic) data
 _KIND = {int: "an integer", float: "a numeric"}
 
 
