@@ -180,8 +180,8 @@ class BAMF(nn.Module):
         psi_user, sigma_user = self.spread.split(self.user_scorer(user, keys))
         if isinstance(sigma_user, torch.Tensor):
             sigma_user = sigma_user.unsqueeze(-2)
-        item = self.attention_inputs(self.target_vectors(batch.items))
-        item = self.item_scorer(item, keys.unsqueeze(-3))
+        target = self.attention_inputs(self.target_vectors(batch.items))
+        item = self.item_scorer(target, keys.unsqueeze(-3))
         return (psi_user.unsqueeze(-2), sigma_user), self.spread.split(item)
 
     def attention_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
