@@ -18,7 +18,8 @@ from scipy.stats import rankdata
 
 from pyro_bamf.evaluation import score_candidates
 from pyro_bamf.metrics import ranking_metrics
-from pyro_bamf.runs import evaluation_pool, load_run
+from pyro_bamf.protocols import evaluation_pool
+from pyro_bamf.runs import load_run
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Command line: ``pyro-bamf data fetch|describe``, ``train``, ``evaluate``, ``explain``,
-``calibrate``, ``uncertainty``."""
+``calibrate``, ``uncertainty``, ``baseline``, ``compare``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ import json
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
+from .baselines import MissingExtraError
 from .config import BAMFConfig, ConfigError, parse_overrides
 from .data import fetch_movielens, load_data
 from .kernels import KernelUnavailableError
-from .runs import evaluate_run, explain_user, load_run, train_run
+from .protocols import PROTOCOLS
+from .runs import (
+    add_missing_records,
+    evaluate_run,
+    explain_user,
+    load_run,
+    missing_records,
+    train_run,
+)
 from .training import TrainingCollapsed
 
 
@@ -55,13 +65,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    fresh, saved = evaluate_run(args.run)
-    print(json.dumps(fresh, indent=2))
-    drift = {k: (v, saved["test"].get(k)) for k, v in fresh.items() if saved["test"].get(k) != v}
+    scored, saved = evaluate_run(args.run)
+    print(json.dumps(scored.means, indent=2))
+    drift = {
+        f"{protocol}/{key}": (value, saved[protocol].get(key))
+        for protocol, fresh in scored.means.items() if protocol in saved
+        for key, value in fresh.items() if saved[protocol].get(key) != value
+    }  # fmt: skip
     if drift:
         print(f"differs from metrics.json: {drift}", file=sys.stderr)
         return 1
     print("matches metrics.json", file=sys.stderr)
+    missing = missing_records(Path(args.run), saved, scored)
+    if missing and args.update:
+        add_missing_records(args.run, saved, scored)
+        print(f"added {', '.join(missing)} to {args.run}", file=sys.stderr)
+    elif missing:
+        print(f"the run has no {', '.join(missing)}: pass --update to add them", file=sys.stderr)
     return 0
 
 
@@ -130,6 +150,33 @@ def _uncertainty(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline(args: argparse.Namespace) -> int:
+    from .baselines.run import baseline_run
+
+    config = BAMFConfig.from_toml(args.config) if args.config else BAMFConfig()
+    config = config.replace(**parse_overrides(args.set))
+    record = baseline_run(args.method, config, args.out, args.grid, args.overwrite)
+    summary = {"method": record["method"], "hyperparameters": record["hyperparameters"]}
+    for protocol in PROTOCOLS:
+        if protocol in record:
+            summary[protocol] = {k: v for k, v in record[protocol].items() if k.endswith("@10")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, format_table
+
+    protocols = tuple(args.protocol or PROTOCOLS)
+    frame = compare_runs(args.runs, tuple(args.metric or ["ndcg@10"]), protocols,
+                         args.resamples, seed=args.seed)  # fmt: skip
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        print(format_table(frame))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-bamf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,8 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("evaluate", help="re-score a saved run")
+    evaluate = commands.add_parser(
+        "evaluate", help="re-score a saved run on its test protocols and check metrics.json"
+    )
     evaluate.add_argument("--run", required=True, help="run directory written by train")
+    evaluate.add_argument(
+        "--update", action="store_true",
+        help="add the protocols and per_user.csv that an older run lacks (nothing is replaced)",
+    )  # fmt: skip
     evaluate.set_defaults(func=_evaluate)
 
     explain = commands.add_parser(
@@ -214,6 +267,45 @@ def build_parser() -> argparse.ArgumentParser:
     uncertainty.add_argument("--out", help="folder for uncertainty.json and figures (the run's)")
     uncertainty.add_argument("--overwrite", action="store_true", help="replace uncertainty.json")
     uncertainty.set_defaults(func=_uncertainty)
+
+    baseline = commands.add_parser(
+        "baseline",
+        help="tune a baseline on validation and score it on the split and pools train builds",
+    )
+    baseline.add_argument(
+        "--method", required=True,
+        help="popularity, itemknn, ease, ials or bpr (ials, bpr: pip install "
+        "'pyro-bamf[implicit]'), or a registered name / 'package.module:Class'",
+    )  # fmt: skip
+    baseline.add_argument("--config", help="TOML file: its data, seed and pool settings are used")
+    baseline.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    baseline.add_argument(
+        "--grid", action="append", default=[], metavar="NAME=V1,V2",
+        help="replace one axis of the method's grid (one value fixes it)",
+    )  # fmt: skip
+    baseline.add_argument("--out", required=True, help="run directory to write")
+    baseline.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (its files only)"
+    )
+    baseline.set_defaults(func=_baseline)
+
+    compare = commands.add_parser(
+        "compare",
+        help="runs side by side: bootstrap intervals over users, Wilcoxon tests vs the first "
+        "run, Holm-corrected",
+    )
+    compare.add_argument("runs", nargs="+", help="run directories; the first is the reference")
+    compare.add_argument(
+        "--metric", action="append", help="e.g. ndcg@10 (default), hr@10; repeatable"
+    )
+    compare.add_argument(
+        "--protocol", action="append", choices=PROTOCOLS,
+        help="test (the sampled pool) or test_full (full ranking); default both",
+    )  # fmt: skip
+    compare.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    compare.add_argument("--json", action="store_true", help="print JSON records, not tables")
+    compare.set_defaults(func=_compare)
     return parser
 
 
@@ -229,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,
         KernelUnavailableError,
         TrainingCollapsed,
+        MissingExtraError,
     ) as err:
         print(f"pyro-bamf: error: {one_line(err)}", file=sys.stderr)
         return 2

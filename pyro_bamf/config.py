@@ -149,6 +149,7 @@ class BAMFConfig:
     min_delta: float = 1e-3
     warmup_epochs: int = 10
     eval_protocol: str = "sampled"
+    full_ranking: bool = True
     compile_eval: bool = False
     fused_scores: bool = True
     pyro_validation: bool = False

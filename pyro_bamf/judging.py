@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from . import views
-from .runs import evaluation_pool, load_run, write_text
+from .protocols import evaluation_pool
+from .runs import load_run, write_text
 from .uncertainty import METHODS, first_positives, uncertainty_report
 
 

@@ -18,11 +18,12 @@ from .calibration import calibration_metrics
 from .config import BAMFConfig
 from .data import Candidates, ImplicitSplit
 from .distributed import DistributedContext
-from .evaluation import full_ranking_blocks, score_candidates
+from .evaluation import score_candidates
 from .fastpaths import build_model
-from .metrics import KS, ranking_metrics
+from .metrics import KS
 from .model import BAMF
 from .predictive import AttentionSamples, attention_samples, logit_samples, topk_probability
+from .protocols import evaluation_pool, protocol_metrics
 from .training import EpochLog, FitResult, TrainState, fit
 
 CHECKPOINT_FORMAT = 1
@@ -130,9 +131,11 @@ class BAMFRecommender:
 
         ``users``, ``items``: equal-length index arrays. Returns ``float32 (N,)``.
         """
-        return 1.0 / (1.0 + np.exp(-self._logits(users, items)))
+        return 1.0 / (1.0 + np.exp(-self.ranking_scores(users, items)))
 
-    def _logits(self, users, items) -> np.ndarray:
+    def ranking_scores(self, users, items) -> np.ndarray:
+        """Expected logits ``x(u, i)``, which order candidates like :meth:`score` without its
+        float saturation ties: what the test protocols rank by. ``float32 (N,)``."""
         model, split = self._require_fitted()
         users = np.asarray(users, dtype=np.int64).ravel()
         items = np.asarray(items, dtype=np.int64).ravel()
@@ -153,7 +156,7 @@ class BAMFRecommender:
         items = np.arange(split.n_items)
         if exclude_seen:
             items = np.setdiff1d(items, split.train.items[split.train.users == user])
-        logits = self._logits(np.full(items.size, user), items)
+        logits = self.ranking_scores(np.full(items.size, user), items)
         top = np.argsort(-logits, kind="stable")[:k]
         return items[top], 1.0 / (1.0 + np.exp(-logits[top]))
 
@@ -210,34 +213,12 @@ class BAMFRecommender:
     def evaluate(
         self, candidates: Candidates | None = None, ks: tuple[int, ...] = KS
     ) -> dict[str, float]:
-        """Ranking metrics on ``candidates`` (default: the config's test protocol)."""
-        model, split = self._require_fitted()
-        if candidates is None and self.config.eval_protocol == "full":
-            return self._evaluate_full(ks)
+        """Ranking metrics on ``candidates`` (default: the config's ``"test"`` protocol,
+        :func:`~pyro_bamf.protocols.evaluation_pool`)."""
+        _, split = self._require_fitted()
         if candidates is None:
-            candidates = split.candidates("test", self.config.eval_negatives)
-        users, items, labels = candidates.users, candidates.items, candidates.labels
-        self._check_ids(np.asarray(users), np.asarray(items))
-        scores = score_candidates(model, users, items, split.history_items, split.history_lengths)
-        return ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
-
-    def _evaluate_full(self, ks: tuple[int, ...]) -> dict[str, float]:
-        """Full ranking, block by block of users; metrics averaged over users with positives."""
-        model, split = self._require_fitted()
-        totals: dict[str, float] = {}
-        n_users = 0
-        for users, items, labels in full_ranking_blocks(split, "test"):
-            scores = score_candidates(
-                model, users, items, split.history_items, split.history_lengths
-            )
-            block_users = len(np.unique(users[labels > 0]))
-            metrics = ranking_metrics(users, labels, scores, ks=ks, ties=self.config.ties)
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value * block_users
-            n_users += block_users
-        if n_users == 0:
-            raise ValueError("the full-ranking protocol found no user with a test positive")
-        return {key: value / n_users for key, value in totals.items()}
+            candidates = evaluation_pool(self.config, split)
+        return protocol_metrics(self.ranking_scores, split, candidates, ks, self.config.ties)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``state_dict`` + config + versions + data fingerprint, atomically."""

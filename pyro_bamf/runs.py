@@ -1,8 +1,10 @@
 """Run directories: train a configuration end to end, and re-score a saved run.
 
 A run directory holds ``config.toml`` (resolved), ``history.csv`` (one row per epoch),
-``model.pt`` (checkpoint) and ``metrics.json``. While training, a file ``INCOMPLETE`` marks
-it; it is removed only after ``metrics.json`` is written. Every file is written atomically.
+``model.pt`` (checkpoint), ``metrics.json`` (the mean metrics of each test protocol) and
+``per_user.csv`` (every user's, :mod:`pyro_bamf.protocols`). While training, a file
+``INCOMPLETE`` marks it; it is removed only after ``metrics.json`` is written. Every file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ import torch
 from .atomic import atomic_path
 from .batch import groups_per_batch
 from .config import BAMFConfig, ConfigError
-from .data import Candidates, ImplicitSplit, load_data, movie_titles, resolve_spec
+from .data import ImplicitSplit, load_data, movie_titles, resolve_spec
 from .data.sources import GENERATED
 from .distributed import finish_distributed, init_distributed
+from .protocols import PER_USER, Scored, protocol_pools, score_protocols, write_per_user
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINT = "checkpoint.pt"
 FINISHED = ("config.toml", "model.pt", "metrics.json")  # what a finished run holds
-RUN_FILES = (*FINISHED, "history.csv", CHECKPOINT, INCOMPLETE)
+RUN_FILES = (*FINISHED, PER_USER, "history.csv", CHECKPOINT, INCOMPLETE)
 REPLACED = ".replaced"  # inside a run being overwritten: the run it replaces, until it finishes
 
 
@@ -42,18 +45,6 @@ def build_split(config: BAMFConfig) -> ImplicitSplit:
     return ImplicitSplit.from_interactions(
         data, seed=config.seed, history=config.history, max_history=config.max_history
     )
-
-
-def evaluation_pool(config: BAMFConfig, split: ImplicitSplit) -> Candidates | None:
-    """The saved candidate file named by ``config.test_candidates``, else a fresh pool.
-
-    ``None`` under the full-ranking protocol.
-    """
-    if config.eval_protocol == "full":
-        return None
-    if config.test_candidates:
-        return Candidates.load(config.test_candidates, fingerprint=split.fingerprint)
-    return split.candidates("test", config.eval_negatives)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -156,7 +147,7 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
             f"--out {out} holds a run stopped before its first epoch finished: pass "
             "--overwrite to start it again"
         )
-    if set(FINISHED) <= set(ours):
+    if {"config.toml", "metrics.json"} <= set(ours):  # a BAMF run, or a baseline's
         raise ValueError(
             f"--out {out} holds a finished run: pass --overwrite to replace it, or choose "
             "another --out"
@@ -243,12 +234,12 @@ def _train(
         raise ValueError(
             f"cannot resume {out}: its checkpoint was trained on other data or another split"
         )
-    candidates = evaluation_pool(config, split)
+    pools = protocol_pools(config, split)
     loo = split.candidates("loo", config.eval_negatives)
     aside = set_aside(out, stale) if stale and main else None
     try:
         metrics = _train_in(config, out, split, recommender, progress, log_epochs, state,
-                            context, candidates, loo, aside)  # fmt: skip
+                            context, pools, loo, aside)  # fmt: skip
     except BaseException:
         if aside is not None:
             put_back(out, aside)
@@ -259,8 +250,7 @@ def _train(
 
 
 def _train_in(
-    config, out, split, recommender, progress, log_epochs, state, context, candidates, loo,
-    aside,
+    config, out, split, recommender, progress, log_epochs, state, context, pools, loo, aside,
 ):  # fmt: skip
     main = context is None or context.is_main
     if state is None and main:
@@ -296,8 +286,11 @@ def _train_in(
     if not main:
         return {}
     recommender.save(out / "model.pt")
+    scored = score_protocols(recommender.ranking_scores, split, pools, ties=config.ties)
+    write_per_user(out / PER_USER, scored.per_user)
     metrics = {
-        "test": recommender.evaluate(candidates),
+        "method": "bamf",
+        **scored_record(scored),
         "best_epoch": result.best_epoch,
         "best_loo_ndcg@10": result.best_loo_ndcg10,
         "epochs_run": len(result.history),
@@ -309,6 +302,13 @@ def _train_in(
     (out / INCOMPLETE).unlink(missing_ok=True)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def scored_record(scored: Scored) -> dict[str, Any]:
+    """The ``metrics.json`` entries of a scored run: each protocol's mean metrics, then
+    ``"pool_fingerprints"`` (each protocol's pool fingerprint) and ``"eval_seconds"``."""
+    fingerprints, seconds = scored.pool_fingerprints, scored.seconds
+    return {**scored.means, "pool_fingerprints": fingerprints, "eval_seconds": seconds}
 
 
 def _load_checkpoint(out: Path) -> tuple[BAMFConfig, TrainState, str]:
@@ -378,22 +378,64 @@ def _load_finished(run: Path) -> BAMFRecommender:
 
 
 def check_finished(run: Path) -> None:
-    """``ValueError`` unless ``run`` is a finished run directory."""
+    """``ValueError`` unless ``run`` is a finished BAMF run directory."""
     if (run / INCOMPLETE).exists():
         raise ValueError(f"run {run} is incomplete (training did not finish)")
+    method = _method_of(run)
+    if method != "bamf":
+        raise ValueError(
+            f"run {run} holds a baseline ({method}), not a trained BAMF model: run "
+            "`pyro-bamf baseline` again to re-score it"
+        )
     for name in FINISHED:
         if not (run / name).is_file():
             raise ValueError(f"run {run} has no {name}: not a pyro-bamf run directory")
 
 
-def evaluate_run(run: str | Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Re-score a finished run: ``(fresh test metrics, metrics.json as saved)``."""
+def _method_of(run: Path) -> str:
+    """The ``"method"`` a run's ``metrics.json`` records (runs before baselines: bamf)."""
+    try:
+        saved = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return "bamf"
+    return saved.get("method", "bamf") if isinstance(saved, dict) else "bamf"
+
+
+def evaluate_run(run: str | Path) -> tuple[Scored, dict[str, Any]]:
+    """Re-score a finished run on its protocols: ``(fresh scores, metrics.json as saved)``."""
     run = Path(run)
     check_finished(run)
     saved = read_metrics(run / "metrics.json")
     recommender = _load_finished(run)
-    candidates = evaluation_pool(recommender.config, recommender.split)
-    return recommender.evaluate(candidates), saved
+    config, split = recommender.config, recommender.split
+    pools = protocol_pools(config, split)
+    return score_protocols(recommender.ranking_scores, split, pools, ties=config.ties), saved
+
+
+def missing_records(run: Path, saved: dict[str, Any], scored: Scored) -> list[str]:
+    """What a run scored before a protocol or the per-user table existed lacks: the
+    protocols absent from ``metrics.json``, and ``per_user.csv``."""
+    missing = [protocol for protocol in scored.means if protocol not in saved]
+    return missing + ([] if (run / PER_USER).is_file() else [PER_USER])
+
+
+def add_missing_records(run: str | Path, saved: dict[str, Any], scored: Scored) -> list[str]:
+    """Add to a run what :func:`missing_records` names, from ``scored`` (fresh scores that
+    match its saved ones), and nothing else; returns what was added. ``per_user.csv`` is
+    written before ``metrics.json``, each atomically."""
+    run = Path(run)
+    missing = missing_records(run, saved, scored)
+    if PER_USER in missing:
+        write_per_user(run / PER_USER, scored.per_user)
+    added = {protocol: scored.means[protocol] for protocol in missing if protocol != PER_USER}
+    if added:
+        record = {**saved, **added}
+        record.setdefault("method", "bamf")
+        for key, fresh in scored_record(scored).items():
+            if key not in scored.means:  # the fingerprints and seconds of every protocol
+                record[key] = {**fresh, **saved.get(key, {})}
+        write_text(run / "metrics.json", json.dumps(record, indent=2) + "\n")
+    return missing
 
 
 def read_metrics(path: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_a_complete_run_directory(run_dir):
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.toml", "history.csv", "model.pt", "metrics.json"} <= names
+    assert {"config.toml", "history.csv", "model.pt", "metrics.json", "per_user.csv"} <= names
     assert "INCOMPLETE" not in names
     assert not [n for n in names if n.endswith(".part")], "temporary files left behind"
 
@@ -72,7 +72,11 @@ def test_train_writes_one_history_row_per_epoch(run_dir):
 def test_train_writes_metrics_for_every_cutoff(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"test", "best_epoch", "epochs_run", "train_seconds_per_epoch_median"} <= set(metrics)
+    assert metrics["method"] == "bamf"
     assert set(metrics["test"]) == {f"{m}@{k}" for m in METRICS for k in KS}
+    assert set(metrics["test_full"]) == set(metrics["test"])
+    protocols = {"test", "test_full"}
+    assert set(metrics["pool_fingerprints"]) == set(metrics["eval_seconds"]) == protocols
     assert KS == (5, 10, 15, 20, 25, 50, 100)
     assert all(0.0 <= v <= 1.0 for v in metrics["test"].values())
     test = metrics["test"]
@@ -92,8 +96,10 @@ def test_evaluate_reproduces_the_saved_metrics(run_dir, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run_dir)]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == json.loads((run_dir / "metrics.json").read_text())["test"]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads(captured.out) == {p: saved[p] for p in ("test", "test_full")}
     assert "matches metrics.json" in captured.err
+    assert "--update" not in captured.err  # nothing is missing from a run trained now
 
 
 def test_evaluate_reports_drift_from_metrics_json(run_dir, tmp_path, capsys):

@@ -223,11 +223,11 @@ def test_full_ranking_blocks_bound_their_rows_and_cover_every_candidate(split):
 def test_full_protocol_in_small_blocks_gives_the_same_metrics(fitted, split, monkeypatch):
     import functools
 
-    import pyro_bamf.recommender as recommender
+    import pyro_bamf.protocols as protocols
 
     full = BAMFRecommender(fitted.config.replace(eval_protocol="full"))
     full.model, full.split = fitted.model, split
     whole = full.evaluate(ks=(5, 10))
     small = functools.partial(full_ranking_blocks, max_rows=4 * split.n_items)
-    monkeypatch.setattr(recommender, "full_ranking_blocks", small)
+    monkeypatch.setattr(protocols, "full_ranking_blocks", small)
     assert full.evaluate(ks=(5, 10)) == pytest.approx(whole, rel=1e-9)
