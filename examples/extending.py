@@ -1,4 +1,4 @@
-"""Your own prior, guide and score network for BAMF: the three recipes of docs/extending.md.
+"""Your own prior, guide, score network and baseline: the four recipes of docs/extending.md.
 
     python examples/extending.py --data synthetic --epochs 2
 
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from pyro_bamf import BAMFConfig, register_guide, register_prior, register_score_network
+from pyro_bamf.baselines import BASELINES, Baseline
 from pyro_bamf.runs import build_split
 
 
@@ -54,6 +56,19 @@ class MLPScores(nn.Module):
         query, keys = torch.broadcast_tensors(query.unsqueeze(-2), keys)
         psi = self.layers(torch.cat([query, keys, query * keys], dim=-1))
         return psi.squeeze(-1) if psi.shape[-1] == 1 else psi
+
+
+@BASELINES.register("random")
+class Random(Baseline):
+    """Uniform random scores: the floor every method must clear."""
+
+    grid = {}
+
+    def fit_matrix(self, matrix):
+        self.scores = np.random.default_rng(self.seed).random(matrix.shape[1], dtype=np.float32)
+
+    def user_scores(self, users):
+        return np.broadcast_to(self.scores, (len(users), self.scores.size))
 
 
 RECIPES = {

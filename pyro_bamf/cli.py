@@ -161,6 +161,14 @@ def _baseline(args: argparse.Namespace) -> int:
         if protocol in record:
             summary[protocol] = {k: v for k, v in record[protocol].items() if k.endswith("@10")}
     print(json.dumps(summary, indent=2))
+    for name in record["grid_edges"]:
+        values = record["grid"][name]
+        print(
+            f"pyro-bamf: note: {name} = {record['hyperparameters'][name]} is at an end of its "
+            f"grid ({', '.join(map(str, values))}): the best value may lie beyond; widen it "
+            f"with --grid {name}=...",
+            file=sys.stderr,
+        )
     return 0
 
 

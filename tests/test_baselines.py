@@ -20,6 +20,7 @@ from pyro_bamf.baselines import (
     ItemKNN,
     MissingExtraError,
     Popularity,
+    grid_edges,
     grid_points,
     select_on_validation,
     train_matrix,
@@ -183,6 +184,12 @@ def test_grid_points_and_overrides():
             parse_grid(ItemKNN, [bad])
 
 
+def test_grid_edges_name_choices_at_an_end_of_an_axis():
+    grid = {"a": (1, 2, 3), "b": (5,), "c": (0.1, 0.2, 0.3)}
+    assert grid_edges(grid, {"a": 3, "b": 5, "c": 0.1}) == ["a", "c"]
+    assert grid_edges(grid, {"a": 2, "b": 5, "c": 0.2}) == []
+
+
 def test_registered_methods_are_baselines():
     assert set(BASELINES.names) >= {"popularity", "itemknn", "ease", "ials", "bpr"}
     assert all(issubclass(BASELINES.resolve(name), Baseline) for name in BASELINES.names)
@@ -220,6 +227,7 @@ def test_a_baseline_run_records_its_choice_and_times(runs):
     assert [t["hyperparameters"] for t in record["trials"]] == [{"l2": 5.0}, {"l2": 50.0}]
     best = max(record["trials"], key=lambda t: t["val_full_ndcg@10"])
     assert record["hyperparameters"] == best["hyperparameters"]
+    assert record["grid"] == {"l2": [5.0, 50.0]} and record["grid_edges"] == ["l2"]
     assert record["fit_seconds"] > 0 and record["tuning_seconds"] > 0
     per_user = pd.read_csv(runs / "ease" / "per_user.csv")
     for protocol in ("test", "test_full"):

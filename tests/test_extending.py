@@ -1,5 +1,6 @@
-"""The three recipes of docs/extending.md (examples/extending.py): a user's prior, guide and
-score network train, evaluate and survive save, load, resume and new processes."""
+"""The recipes of docs/extending.md (examples/extending.py): a user's prior, guide and score
+network train, evaluate and survive save, load, resume and new processes; a user's baseline
+runs on the pools of ``train``."""
 
 from __future__ import annotations
 
@@ -97,6 +98,22 @@ def test_recipe_score_network_an_mlp_runs_in_training_and_evaluation(recipes, sp
     assert not torch.equal(scorer.layers[0].weight, initial)  # it trained
     metrics = recommender.evaluate()
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
+
+
+def test_recipe_baseline_random_runs_on_the_pools_of_train(recipes, tmp_path):
+    import json
+
+    from pyro_bamf.baselines.run import baseline_run
+
+    records = {
+        method: baseline_run(method, small(), tmp_path / method.replace(":", "_"))
+        for method in ("random", "extending:Random", "popularity")
+    }
+    assert records["random"]["test"] == records["extending:Random"]["test"]
+    assert records["random"]["pool_fingerprints"] == records["popularity"]["pool_fingerprints"]
+    assert records["random"]["test"]["ndcg@10"] < records["popularity"]["test"]["ndcg@10"]
+    saved = json.loads((tmp_path / "extending_Random" / "metrics.json").read_text())
+    assert saved["method"] == "extending:Random"
 
 
 def test_the_prior_study_runs_the_user_defined_prior(recipes, load_script):

@@ -17,7 +17,7 @@ from .ease import EASE
 from .factorization import BPR, IALS, MissingExtraError
 from .itemknn import ItemKNN
 from .popularity import Popularity
-from .tuning import SELECTION, Selection, grid_points, select_on_validation
+from .tuning import SELECTION, Selection, grid_edges, grid_points, select_on_validation
 
 BASELINES = Registry("baseline", "pyro_bamf.baselines.BASELINES.register")
 for _name, _method in (
@@ -27,5 +27,5 @@ for _name, _method in (
 
 __all__ = [
     "BASELINES", "BPR", "EASE", "IALS", "SELECTION", "Baseline", "ItemKNN", "MissingExtraError",
-    "Popularity", "Selection", "grid_points", "select_on_validation", "train_matrix",
+    "Popularity", "Selection", "grid_edges", "grid_points", "select_on_validation", "train_matrix",
 ]  # fmt: skip

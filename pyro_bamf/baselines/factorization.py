@@ -40,8 +40,9 @@ class _Factorization(Baseline):
     def fit_matrix(self, matrix: sp.csr_matrix) -> None:
         from threadpoolctl import threadpool_limits
 
-        model = self.build(_implicit())
-        with threadpool_limits(1, "blas"):
+        implicit = _implicit()
+        with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads when built
+            model = self.build(implicit)
             model.fit(matrix, show_progress=False)
         self.user_factors = np.asarray(model.user_factors)
         self.item_factors = np.asarray(model.item_factors)
@@ -63,9 +64,9 @@ class IALS(_Factorization):
     ``seed``)."""
 
     grid = {
-        "factors": (32, 64, 128),
-        "regularization": (0.01, 0.1, 1.0),
-        "alpha": (1.0, 10.0),
+        "factors": (64, 128, 256),
+        "regularization": (3.0, 10.0, 30.0),
+        "alpha": (0.3, 1.0, 3.0),
     }
 
     def __init__(
@@ -89,7 +90,11 @@ class BPR(_Factorization):
     triples, with an item bias; one thread, so that the seed fixes the result (``implicit``'s
     parallel SGD is not deterministic)."""
 
-    grid = {"factors": (32, 64, 128), "regularization": (0.001, 0.01, 0.1)}
+    grid = {
+        "factors": (16, 32, 64),
+        "regularization": (0.001, 0.003, 0.01),
+        "learning_rate": (0.001, 0.003, 0.01),
+    }
 
     def __init__(
         self, factors: int = 64, regularization: float = 0.01, learning_rate: float = 0.01,

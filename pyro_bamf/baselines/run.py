@@ -22,7 +22,7 @@ from ..runs import (
     set_aside,
     write_text,
 )
-from . import BASELINES, SELECTION, select_on_validation
+from . import BASELINES, SELECTION, grid_edges, select_on_validation
 from .base import Baseline
 
 
@@ -53,9 +53,9 @@ def baseline_run(
     """Tune ``method`` on the validation part of ``config``'s split, score it on the same test
     protocols and pools as ``pyro-bamf train`` of that config, and write ``out``:
     ``config.toml`` (the split's and pools' settings), ``per_user.csv`` and ``metrics.json``
-    (``"method"``, the chosen ``"hyperparameters"``, every ``"trials"`` entry, each protocol's
-    means, the pools' fingerprints, ``"fit_seconds"``, ``"tuning_seconds"``,
-    ``"eval_seconds"``). Returns that record.
+    (``"method"``, the chosen ``"hyperparameters"``, the ``"grid"``, the ``"grid_edges"`` the
+    choice lies on, every ``"trials"`` entry, each protocol's means, the pools' fingerprints,
+    ``"fit_seconds"``, ``"tuning_seconds"``, ``"eval_seconds"``). Returns that record.
 
     Everything is checked before the first file is written (the method and its extra, the
     grid, ``out``, the data); ``out`` is refused if it holds a run, unless ``overwrite``, and a
@@ -103,6 +103,8 @@ def _run_in(method, factory, grid, config, out, split, pools, aside) -> dict[str
         "method": method,
         "hyperparameters": model.hyperparameters,
         "selection": SELECTION,
+        "grid": grid,
+        "grid_edges": grid_edges(grid, model.hyperparameters),
         "trials": selection.trials,
         **scored_record(scored),
         "fit_seconds": fit_seconds,

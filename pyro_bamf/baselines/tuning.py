@@ -29,6 +29,15 @@ def grid_points(grid: dict[str, tuple]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def grid_edges(grid: dict[str, tuple], point: dict[str, Any]) -> list[str]:
+    """The hyper-parameters whose value in ``point`` is the lowest or highest of a grid axis
+    of two or more values: where the best value may lie outside the grid."""
+    return [
+        name for name, values in grid.items()
+        if len(values) > 1 and point[name] in (min(values), max(values))
+    ]  # fmt: skip
+
+
 def select_on_validation(
     factory: type[Baseline], split: ImplicitSplit, grid: dict[str, tuple], seed: int,
     ties: str = "pessimistic",
