@@ -111,6 +111,8 @@ def test_a_configuration_trains_one_epoch_or_is_refused_leaving_nothing(values):
             assert os.listdir(tmp) == [], "a refused configuration left files behind"
             return
         event("trained one epoch")
-        assert sorted(os.listdir(out)) == ["config.toml", "history.csv", "metrics.json", "model.pt"]
+        assert sorted(os.listdir(out)) == [
+            "config.toml", "history.csv", "metrics.json", "model.pt", "per_user.csv",
+        ]  # fmt: skip
         metrics = json.loads((out / "metrics.json").read_text())
         assert finite_numbers(metrics), metrics

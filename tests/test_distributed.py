@@ -63,7 +63,7 @@ def test_torchrun_train_writes_one_run_directory(tmp_path):
     done = torchrun(args, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.toml", "history.csv", "metrics.json", "model.pt",
+        "config.toml", "history.csv", "metrics.json", "model.pt", "per_user.csv",
     ]  # fmt: skip
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert done.stdout.count('"ndcg@10"') == 1  # only rank 0 reports

@@ -185,7 +185,9 @@ def test_logit_samples_cover_every_candidate_and_centre_on_the_expected_logits(s
         model, split.history_items, split.history_lengths, 4, items, 64, max_elements=500
     )
     assert draws.shape == (64, split.n_items)
-    np.testing.assert_allclose(draws.mean(0), rec._logits(np.full(items.size, 4), items), atol=2e-3)
+    np.testing.assert_allclose(
+        draws.mean(0), rec.ranking_scores(np.full(items.size, 4), items), atol=2e-3
+    )
 
 
 def test_topk_probability_known_values():
