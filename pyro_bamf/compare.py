@@ -44,7 +44,11 @@ def load_compared(run: str | Path) -> ComparedRun:
         raise ValueError(f"run {run} is not a folder")
     if (run / INCOMPLETE).exists():
         raise ValueError(f"run {run} is incomplete (it did not finish)")
+    if not (run / "metrics.json").is_file():
+        raise ValueError(f"run {run} has no metrics.json: not a finished run")
     saved = read_metrics(run / "metrics.json")
+    if not isinstance(saved.get("data_fingerprint"), str):
+        raise ValueError(f"{run / 'metrics.json'} has no data_fingerprint: the record is damaged")
     fingerprints = saved.get("pool_fingerprints")
     if not isinstance(fingerprints, dict):
         raise ValueError(

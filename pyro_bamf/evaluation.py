@@ -74,7 +74,10 @@ def ranks_nothing(users: np.ndarray, scores: np.ndarray) -> bool:
     )
 
 
-def full_ranking_blocks(split, part: str = "test", max_rows: int = 2**24):
+FULL_RANKING_CELLS = 2**24  # user x item cells of one block of the full ranking
+
+
+def full_ranking_blocks(split, part: str = "test", max_rows: int = FULL_RANKING_CELLS):
     """The full-ranking protocol in blocks of users: each user's ``part`` positives among all
     items the user never interacted with (in any other part), labelled 1 for the positives.
     Users without a ``part`` positive are left out.

@@ -108,19 +108,22 @@ def score_protocols(
     metrics (:func:`~pyro_bamf.metrics.per_user_metrics`); a metric's mean is over the users
     with a positive in the pool. A full-ranking pool (``None``) ranks the positives of
     ``part`` (``"val"`` to tune on)."""
-    tables, means, seconds, fingerprints = [], {}, {}, {}
+    tables, means, seconds, fingerprints, scored = [], {}, {}, {}, {}
     for protocol, pool in pools.items():
-        start = time.perf_counter()
-        blocks = []
-        for users, items, labels in pool_blocks(pool, split, part):
-            ids, values = per_user_metrics(users, labels, ranking_scores(users, items), ks, ties)
-            blocks.append(pd.DataFrame({"user": split.data.user_ids[ids], **values}))
-        if not blocks:
-            raise ValueError(f"the {protocol} protocol found no user with a {part} positive")
-        table = pd.concat(blocks, ignore_index=True)
-        seconds[protocol] = time.perf_counter() - start
+        fingerprint = fingerprints[protocol] = pool_fingerprint(pool, split)
+        if fingerprint not in scored:  # a pool listed twice (both full ranking) is ranked once
+            start = time.perf_counter()
+            blocks = []
+            for users, items, labels in pool_blocks(pool, split, part):
+                scores = ranking_scores(users, items)
+                ids, values = per_user_metrics(users, labels, scores, ks, ties)
+                blocks.append(pd.DataFrame({"user": split.data.user_ids[ids], **values}))
+            if not blocks:
+                raise ValueError(f"the {protocol} protocol found no user with a {part} positive")
+            scored[fingerprint] = (pd.concat(blocks, ignore_index=True),
+                                   time.perf_counter() - start)  # fmt: skip
+        table, seconds[protocol] = scored[fingerprint]
         means[protocol] = {n: float(np.mean(table[n].to_numpy())) for n in table.columns[1:]}
-        fingerprints[protocol] = pool_fingerprint(pool, split)
         tables.append(table.assign(protocol=protocol))
     per_user = pd.concat(tables, ignore_index=True)
     per_user = per_user[["protocol", *per_user.columns[:-1]]]
@@ -153,10 +156,14 @@ def read_per_user(path: Path) -> pd.DataFrame:
             f"{path} is missing: the run predates per-user metrics; add them with "
             f"`pyro-bamf evaluate --run {path.parent} --update`"
         )
-    try:
-        table = pd.read_csv(path, dtype={"protocol": str, "user": str})
+    try:  # ids as written: "007" stays "007", "NA" stays "NA"
+        table = pd.read_csv(
+            path, dtype={"protocol": str, "user": str}, keep_default_na=False, na_values={}
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a per-user table ({err})") from None
     if list(table.columns[:2]) != ["protocol", "user"] or len(table.columns) < 3:
         raise ValueError(f"{path} is not a per-user table (columns protocol, user, metrics...)")
+    if table.duplicated(["protocol", "user"]).any():
+        raise ValueError(f"{path} lists a user twice under one protocol: the table is damaged")
     return table

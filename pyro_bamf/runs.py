@@ -28,6 +28,7 @@ from .config import BAMFConfig, ConfigError
 from .data import ImplicitSplit, load_data, movie_titles, resolve_spec
 from .data.sources import GENERATED
 from .distributed import finish_distributed, init_distributed
+from .evaluation import FULL_RANKING_CELLS
 from .protocols import PER_USER, Scored, protocol_pools, score_protocols, write_per_user
 from .recommender import BAMFRecommender, load_checked
 from .training import EpochLog, TrainState
@@ -144,8 +145,8 @@ def run_files_to_replace(out: Path, overwrite: bool) -> list[Path]:
         )
     if INCOMPLETE in ours:
         raise ValueError(
-            f"--out {out} holds a run stopped before its first epoch finished: pass "
-            "--overwrite to start it again"
+            f"--out {out} holds a run stopped before it could be resumed (a training before "
+            "its first epoch, or a baseline): pass --overwrite to start it again"
         )
     if {"config.toml", "metrics.json"} <= set(ours):  # a BAMF run, or a baseline's
         raise ValueError(
@@ -168,13 +169,16 @@ def check_memory(config: BAMFConfig, split: ImplicitSplit, device: torch.device)
     A step holds about ``MEMORY_FACTOR`` float32 tensors of ``(rows, L, K)`` (``rows`` the
     examples of a batch, ``L`` the longest kept history, ``K`` the embedding size), in the
     memory of the training device; a pool row costs ~32 bytes of the machine's memory
-    (indices, label, score). Where a total cannot be read, it is not checked.
+    (indices, label, score), and a cell of the full ranking's largest block ~64 (the same and
+    the per-user ranking's work arrays). Where a total cannot be read, it is not checked.
     """
     trainer, host = _total_memory(device), _total_memory(torch.device("cpu"))  # pools: numpy
     rows = min(groups_per_batch(config), len(split.train)) * config.group_size
     width = int(split.history_lengths.max(initial=1))
     step = MEMORY_FACTOR * 4 * rows * width * config.embedding_dim
     pools = 32 * (len(split.test) + len(split.loo)) * (1 + config.eval_negatives)
+    if config.full_ranking:  # one block of the full ranking: ~64 bytes a user x item cell
+        pools += 64 * min(split.n_users * split.n_items, FULL_RANKING_CELLS)
     for need, what, keys, budget in (
         (step, "a training step", "batch_size, embedding_dim or max_history", trainer),
         (pools, "the test and leave-one-out pools", "eval_negatives", host),

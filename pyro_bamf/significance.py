@@ -4,8 +4,12 @@
   take the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled means. Two
   runs compared on the same users are resampled with the same draws, so the interval of their
   difference is paired.
-* Wilcoxon signed-rank test of paired per-user values (scipy's, two-sided; zero differences
-  are dropped, the normal approximation with tie correction beyond 50 pairs).
+* Wilcoxon signed-rank test of paired per-user values (two-sided, scipy's): zero differences
+  are dropped; the exact null distribution for up to 50 non-zero differences without ties,
+  otherwise the normal approximation with the tie correction (the method is chosen here, not
+  by scipy's version-dependent ``"auto"``). It tests whether the differences are centred on
+  zero (a median effect), while the reported effect is the mean difference with its interval:
+  the two can disagree when a few users carry a large difference.
 * Holm's step-down correction of several p-values: with ``p_(1) <= ... <= p_(m)``,
   ``p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``.
 """
@@ -17,25 +21,27 @@ from scipy import stats
 
 RESAMPLES = 10_000
 LEVEL = 0.95
-_CHUNK_CELLS = 2**23  # resampled indices drawn at a time
+EXACT_PAIRS = 50
+RESAMPLES_PER_DRAW = 256  # resamples whose row indices are drawn at once, from their own stream
 
 
 def bootstrap_means(values: np.ndarray, n_resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """Means of ``n_resamples`` bootstrap resamples of the rows of ``values (n,)`` or
     ``(n, m)``: ``(n_resamples,)`` or ``(n_resamples, m)``, every column resampled with the
-    same rows. The draws depend only on ``seed``, ``n`` and ``n_resamples``."""
+    same rows. Resamples are drawn ``RESAMPLES_PER_DRAW`` at a time, block ``b`` from the
+    stream ``default_rng([seed, b])``, so a resample depends only on ``seed``, ``n`` and its
+    index (asking for more resamples adds draws and changes none), in bounded memory."""
     values = np.asarray(values, dtype=np.float64)
     n = values.shape[0]
     if n < 1 or n_resamples < 1:
         raise ValueError(f"bootstrap needs >= 1 value and resample, got {n} and {n_resamples}")
     if not np.isfinite(values).all():
         raise ValueError("bootstrap values must be finite")
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK_CELLS // n)
-    means = [
-        values[rng.integers(0, n, size=(min(per_chunk, n_resamples - first), n))].mean(axis=1)
-        for first in range(0, n_resamples, per_chunk)
-    ]
+    means = []
+    for block, first in enumerate(range(0, n_resamples, RESAMPLES_PER_DRAW)):
+        size = (min(RESAMPLES_PER_DRAW, n_resamples - first), n)
+        rows = np.random.default_rng([seed, block]).integers(0, n, size=size)
+        means.append(values[rows].mean(axis=1))
     return np.concatenate(means)
 
 
@@ -47,24 +53,22 @@ def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float,
     return float(low), float(high)
 
 
-def bootstrap_interval(
-    values: np.ndarray, n_resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values (n,)``."""
-    return percentile_interval(bootstrap_means(values, n_resamples, seed), level)
-
-
 def wilcoxon_p(first: np.ndarray, second: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired values ``first, second (n,)``;
-    1.0 when every pair is equal (no evidence of a difference)."""
+    """Two-sided Wilcoxon signed-rank p-value of paired values ``first, second (n,)`` (see
+    the module doc for the method); 1.0 when every pair is equal (no evidence of a
+    difference)."""
     first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
     if first.shape != second.shape or first.ndim != 1:
         raise ValueError(f"paired values must be 1-d of one length, got {first.shape}, "
                          f"{second.shape}")  # fmt: skip
     difference = second - first
-    if not np.any(difference):
+    difference = difference[difference != 0]
+    if difference.size == 0:
         return 1.0
-    return float(stats.wilcoxon(difference, zero_method="wilcox").pvalue)
+    magnitudes = np.abs(difference)
+    tied = np.unique(magnitudes).size < magnitudes.size
+    method = "exact" if difference.size <= EXACT_PAIRS and not tied else "approx"
+    return float(stats.wilcoxon(difference, method=method).pvalue)
 
 
 def holm(pvalues) -> np.ndarray:

@@ -4,6 +4,7 @@ split and pools as BAMF's."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -242,6 +243,40 @@ def test_a_baseline_run_is_not_overwritten_unasked(runs, capsys):
     assert main(args) == 2
     assert "holds a finished run" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "grid", "message"),
+    [("ease", "l2=0", "l2 > 0"), ("itemknn", "neighbours=0", "neighbours >= 1"),
+     ("ials", "factors=-1", "factors must be > 0")],
+)  # fmt: skip
+def test_a_refused_grid_point_is_named_before_anything_is_written(
+    tmp_path, capsys, method, grid, message
+):
+    out = tmp_path / method
+    assert main(["baseline", "--method", method, *SETTINGS, "--grid", grid, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--grid point" in err and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_failed_baseline_leaves_nothing_and_puts_back_the_run_it_replaced(
+    runs, tmp_path, monkeypatch, capsys
+):
+    def fail(self, matrix):
+        raise FloatingPointError("diverged")
+
+    monkeypatch.setattr(EASE, "fit_matrix", fail)
+    new = tmp_path / "new"
+    assert main(["baseline", "--method", "ease", *SETTINGS, "--out", str(new)]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert not new.exists()
+    kept = tmp_path / "kept"
+    shutil.copytree(runs / "ease", kept)
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    args = ["baseline", "--method", "ease", *SETTINGS, "--out", str(kept), "--overwrite"]
+    assert main(args) == 2
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
 
 
 def test_evaluate_refuses_a_baseline_run(runs, capsys):

@@ -48,6 +48,34 @@ def test_compare_tests_each_run_against_the_first(runs):
     assert np.isnan(frame["p"][0])
 
 
+def test_compare_pairs_users_by_id_whatever_the_row_order(runs, tmp_path):
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(runs / "ease", shuffled)
+    table = pd.read_csv(shuffled / "per_user.csv", dtype={"user": str})
+    table.sample(frac=1.0, random_state=0).to_csv(shuffled / "per_user.csv", index=False)
+    kept = compare_runs([runs / "popularity", runs / "ease"], n_resamples=300)
+    moved = compare_runs([runs / "popularity", shuffled], n_resamples=300)
+    columns = ["mean", "difference", "p"]
+    pd.testing.assert_frame_equal(kept[columns], moved[columns])
+
+
+def test_per_user_ids_are_read_as_written(tmp_path):
+    from pyro_bamf.protocols import read_per_user
+
+    path = tmp_path / "per_user.csv"
+    path.write_text("protocol,user,ndcg@10\ntest,007,0.5\ntest,NA,0.25\ntest,7,1.0\n")
+    assert read_per_user(path)["user"].tolist() == ["007", "NA", "7"]
+    path.write_text("protocol,user,ndcg@10\ntest,7,0.5\ntest,7,0.25\n")
+    with pytest.raises(ValueError, match="lists a user twice"):
+        read_per_user(path)
+
+
+def test_compare_names_a_folder_that_is_not_a_finished_run(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(runs / "popularity"), str(tmp_path / "empty")]) == 2
+    assert "has no metrics.json" in capsys.readouterr().err
+
+
 def test_compare_prints_a_table_per_metric_and_protocol(runs, capsys):
     args = ["compare", str(runs / "popularity"), str(runs / "ease"), "--metric", "ndcg@10",
             "--metric", "hr@10", "--resamples", "500"]  # fmt: skip

@@ -616,7 +616,7 @@ CASES: list[tuple[str, Callable[[Path], object] | Cli, type[BaseException] | int
         "train --out on a run stopped before its first epoch finished",
         Cli(lambda tmp: train_argv(write(finished_run(tmp), "INCOMPLETE", "").parent.parent)),
         2,
-        r"--out .*run holds a run stopped before its first epoch finished: pass --overwrite",
+        r"--out .*run holds a run stopped before it could be resumed .*: pass --overwrite",
     ),
     (
         "--resume combined with --overwrite",

@@ -10,7 +10,6 @@ import pytest
 from scipy import stats
 
 from pyro_bamf.significance import (
-    bootstrap_interval,
     bootstrap_means,
     holm,
     percentile_interval,
@@ -20,7 +19,7 @@ from pyro_bamf.significance import (
 
 def test_bootstrap_interval_agrees_with_scipys_percentile_bootstrap():
     values = np.random.default_rng(1).exponential(size=200)
-    ours = bootstrap_interval(values, n_resamples=20_000, seed=3)
+    ours = percentile_interval(bootstrap_means(values, n_resamples=20_000, seed=3))
     theirs = stats.bootstrap((values,), np.mean, n_resamples=20_000, method="percentile",
                              random_state=np.random.default_rng(4)).confidence_interval  # fmt: skip
     # two Monte Carlo estimates of the same quantiles: within a small share of the width
@@ -40,19 +39,12 @@ def test_bootstrap_is_fixed_by_the_seed_and_pairs_the_columns():
     np.testing.assert_allclose(paired[:, 0], draws[:, 0])  # the same draws per column
 
 
-def test_bootstrap_in_chunks_draws_what_one_draw_would(monkeypatch):
-    import pyro_bamf.significance as significance
-
+def test_more_resamples_add_draws_and_change_none():
     values = np.random.default_rng(3).random(40)
-    whole = bootstrap_means(values, 100, seed=1)
-    monkeypatch.setattr(significance, "_CHUNK_CELLS", 40 * 7)  # 7 resamples a chunk
-    chunked = bootstrap_means(values, 100, seed=1)
-    assert chunked.shape == whole.shape
-    # the same generator, read in chunks of rows: the same index stream, row-major
-    rng = np.random.default_rng(1)
-    rows = np.concatenate([rng.integers(0, 40, size=(min(7, 100 - f), 40))
-                           for f in range(0, 100, 7)])  # fmt: skip
-    np.testing.assert_allclose(chunked, values[rows].mean(axis=1))
+    few = bootstrap_means(values, 300, seed=1)
+    many = bootstrap_means(values, 700, seed=1)  # three blocks of draws, the last one short
+    np.testing.assert_array_equal(many[:300], few)
+    assert len(many) == 700 and len(np.unique(many)) > 600
 
 
 def test_percentile_interval_of_known_draws():
@@ -90,6 +82,20 @@ def test_wilcoxon_drops_zero_differences_and_equal_runs_give_one():
     assert wilcoxon_p(first, first) == 1.0
     with pytest.raises(ValueError, match="paired"):
         wilcoxon_p(first, second[:-1])
+
+
+def test_wilcoxon_with_tied_differences_uses_the_normal_approximation():
+    first = np.zeros(60)
+    second = np.tile([0.1, 0.2, -0.1, 0.3, 0.0, 0.2], 10)  # ties and zeros, as NDCG gives
+    nonzero = second[second != 0]
+    expected = stats.wilcoxon(nonzero, method="approx").pvalue
+    assert wilcoxon_p(first, second) == pytest.approx(expected, rel=1e-12)
+    z = stats.norm.isf(wilcoxon_p(first, second) / 2)
+    ranks = stats.rankdata(np.abs(nonzero))
+    mean, n = ranks.sum() / 2, nonzero.size
+    _, counts = np.unique(np.abs(nonzero), return_counts=True)
+    variance = n * (n + 1) * (2 * n + 1) / 24 - (counts**3 - counts).sum() / 48
+    assert z == pytest.approx(abs(ranks[nonzero > 0].sum() - mean) / np.sqrt(variance), rel=1e-9)
 
 
 def test_holm_on_a_known_example():

@@ -29,6 +29,13 @@ def _implicit():
     return implicit
 
 
+def _check_positive(strict: bool = True, **values) -> None:
+    """``ValueError`` naming the first value that is not > 0 (``>= 0`` unless ``strict``)."""
+    for name, value in values.items():
+        if not (value > 0 if strict else value >= 0):
+            raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {value}")
+
+
 class _Factorization(Baseline):
     """``score(u, i) = U[u] . V[i]`` from factors learnt by ``implicit`` on the CPU, with the
     BLAS held to one thread while it fits (as ``implicit`` advises; its own threads run)."""
@@ -58,10 +65,12 @@ class _Factorization(Baseline):
 class IALS(_Factorization):
     """Implicit alternating least squares: minimises over factors ``U, V``::
 
-        sum_{u,i} (1 + alpha X[u, i]) (X[u, i] - U[u] . V[i])^2 + regularization (|U|^2 + |V|^2)
+        sum_{u,i} c_ui (X[u, i] - U[u] . V[i])^2 + regularization (|U|^2 + |V|^2),
+        c_ui = alpha if X[u, i] = 1 else 1
 
-    by ``iterations`` sweeps of conjugate-gradient least squares (deterministic given
-    ``seed``)."""
+    (``implicit``'s weighting: ``alpha`` is the weight of a positive relative to an unobserved
+    cell; Hu et al.'s ``1 + alpha'`` is ``alpha = 1 + alpha'``), by ``iterations`` sweeps of
+    conjugate-gradient least squares (deterministic given ``seed``)."""
 
     grid = {
         "factors": (64, 128, 256),
@@ -74,6 +83,8 @@ class IALS(_Factorization):
         iterations: int = 15, seed: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(seed)
+        _check_positive(factors=factors, alpha=alpha, iterations=iterations)
+        _check_positive(regularization=regularization, strict=False)
         self.factors, self.regularization = int(factors), float(regularization)
         self.alpha, self.iterations = float(alpha), int(iterations)
 
@@ -101,6 +112,8 @@ class BPR(_Factorization):
         iterations: int = 100, seed: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(seed)
+        _check_positive(factors=factors, learning_rate=learning_rate, iterations=iterations)
+        _check_positive(regularization=regularization, strict=False)
         self.factors, self.regularization = int(factors), float(regularization)
         self.learning_rate, self.iterations = float(learning_rate), int(iterations)
 

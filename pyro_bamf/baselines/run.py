@@ -15,6 +15,7 @@ from ..protocols import PER_USER, protocol_pools, score_protocols, write_per_use
 from ..runs import (
     INCOMPLETE,
     REPLACED,
+    RUN_FILES,
     build_split,
     put_back,
     run_files_to_replace,
@@ -22,7 +23,7 @@ from ..runs import (
     set_aside,
     write_text,
 )
-from . import BASELINES, SELECTION, grid_edges, select_on_validation
+from . import BASELINES, SELECTION, grid_edges, grid_points, select_on_validation
 from .base import Baseline
 
 
@@ -38,12 +39,31 @@ def parse_grid(factory: type[Baseline], overrides: list[str]) -> dict[str, tuple
         if name not in grid:
             known = ", ".join(grid) or "none: it has no hyper-parameters"
             raise ConfigError(f"--grid {name!r} is not a hyper-parameter of this method ({known})")
-        kind = type(grid[name][0])
+        kind = type(grid[name][0]) if grid[name] else float
         try:
-            grid[name] = tuple(kind(value) for value in values.split(","))
+            grid[name] = tuple(_parse(kind, value.strip()) for value in values.split(","))
         except ValueError:
             raise ConfigError(f"--grid {name}: {values!r} are not {kind.__name__} values") from None
     return grid
+
+
+def _parse(kind: type, text: str):
+    """``text`` as a value of ``kind``; booleans are ``true`` or ``false``."""
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(text)
+        return text.lower() == "true"
+    return kind(text)
+
+
+def check_grid(factory: type[Baseline], grid: dict[str, tuple], seed: int) -> None:
+    """``ConfigError`` naming the first grid point the method refuses (building each is
+    cheap: nothing is fitted)."""
+    for point in grid_points(grid):
+        try:
+            factory(**point, seed=seed)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"--grid point {point} is refused: {err}") from None
 
 
 def baseline_run(
@@ -57,9 +77,10 @@ def baseline_run(
     choice lies on, every ``"trials"`` entry, each protocol's means, the pools' fingerprints,
     ``"fit_seconds"``, ``"tuning_seconds"``, ``"eval_seconds"``). Returns that record.
 
-    Everything is checked before the first file is written (the method and its extra, the
-    grid, ``out``, the data); ``out`` is refused if it holds a run, unless ``overwrite``, and a
-    run being replaced comes back if this one fails, as with ``train``.
+    Everything is checked before the first file is written (the method and its extra, every
+    grid point, ``out``, the data); ``out`` is refused if it holds a run, unless ``overwrite``.
+    A baseline has nothing to resume: if it fails or is interrupted its files are removed, and
+    a run it was replacing comes back, as with ``train``.
     """
     out = Path(out)
     factory = BASELINES.resolve(method)
@@ -67,6 +88,7 @@ def baseline_run(
         raise ConfigError(f"baseline {method!r} is not a pyro_bamf.baselines.Baseline subclass")
     factory.check_available()
     grid = parse_grid(factory, list(grid_overrides))
+    check_grid(factory, grid, config.seed)
     stale = run_files_to_replace(out, overwrite)
     config = config.replace(
         data=resolve_spec(config.data),
@@ -75,11 +97,17 @@ def baseline_run(
     split = build_split(config)
     pools = protocol_pools(config, split)
     aside = set_aside(out, stale) if stale else None
+    created = not out.exists()
     try:
         record = _run_in(method, factory, grid, config, out, split, pools, aside)
-    except BaseException:
+    except BaseException:  # nothing to resume: remove this run's files, return the old run's
         if aside is not None:
             put_back(out, aside)
+        else:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
         raise
     shutil.rmtree(out / REPLACED, ignore_errors=True)
     return record
