@@ -32,7 +32,10 @@ from pyro_bamf.families import BUILT_IN_GUIDES, BUILT_IN_PRIORS
 from pyro_bamf.runs import train_run
 
 DATA = "synthetic:n_users=12,n_items=40,mean_interactions=8,seed=1"
-FIXED = dict(data=DATA, max_epochs=1, device="cpu", compile_eval=False, retain_freed_memory=False)
+FIXED = dict(
+    data=DATA, max_epochs=1, device="cpu", compile_eval=False, retain_freed_memory=False,
+    full_ranking=False,  # ranking every item adds ~0.3 s an example; tests/test_protocols.py
+)  # fmt: skip
 SMALL = {"embedding_dim": (2, 12), "eval_negatives": (1, 20), "train_negatives": (0, 6)}
 AT_BOUND = {"embedding_dim": [4096], "eval_negatives": [], "train_negatives": []}
 OUTSIDE = [-(2**70), -(2**63), -1, 0, 2**32, 2**63 - 1, 2**70]
