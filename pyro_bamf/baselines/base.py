@@ -22,6 +22,13 @@ def train_matrix(split: ImplicitSplit) -> sp.csr_matrix:
     return sp.csr_matrix((ones, (split.train.users, split.train.items)), shape=shape)
 
 
+def cooccurrence(matrix: sp.csr_matrix) -> np.ndarray:
+    """``X^T X`` of the binary training matrix: ``float32 (n_items, n_items)`` dense, entry
+    ``(i, j)`` the number of users with both items (the diagonal: each item's count; exact
+    below 2^24 users)."""
+    return (matrix.T @ matrix).toarray()
+
+
 class Baseline(abc.ABC):
     """A recommender fitted on a split's training matrix and ranked by the same test
     protocols as BAMF (:mod:`pyro_bamf.protocols`), after Cornac's ``Recommender``.

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from .base import Baseline
+from .base import Baseline, cooccurrence
 
 
 class EASE(Baseline):
@@ -29,7 +29,7 @@ class EASE(Baseline):
         self.l2 = float(l2)
 
     def fit_matrix(self, matrix: sp.csr_matrix) -> None:
-        gram = (matrix.T @ matrix).toarray().astype(np.float64)
+        gram = cooccurrence(matrix).astype(np.float64)
         self.warm = np.flatnonzero(np.diag(gram) > 0)
         gram = gram[np.ix_(self.warm, self.warm)]
         gram[np.diag_indices_from(gram)] += self.l2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Baseline
+from .base import Baseline, cooccurrence
 
 
 class ItemKNN(Baseline):
@@ -30,7 +30,7 @@ class ItemKNN(Baseline):
 
     def fit_matrix(self, matrix: sp.csr_matrix) -> None:
         n_items = matrix.shape[1]
-        overlap = (matrix.T @ matrix).toarray()
+        overlap = cooccurrence(matrix)
         norms = np.sqrt(np.diag(overlap))
         denominator = np.outer(norms, norms) + self.shrink
         similarity = np.divide(
